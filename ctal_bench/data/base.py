@@ -1,0 +1,75 @@
+"""The types every dataset module produces: examples, splits and verification trials."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from ctal_bench.errors import UserError
+
+EMOTIONS = ("neutral", "happy", "sad", "angry")  # class index = position
+
+
+@dataclass(frozen=True)
+class Example:
+    """One utterance: audio file, transcript, speaker and whatever labels the source has."""
+
+    uid: str  # unique within the dataset
+    audio: Path
+    text: str
+    speaker: str
+    emotion: str | None = None  # one of EMOTIONS
+    sentiment: float | None = None  # in [-3, 3]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A verification trial in VoxCeleb order: label (1 = same speaker), enrolment, test."""
+
+    target: int
+    enroll: str  # Example.uid
+    test: str
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train/dev/test for one task and fold. Dev is for model selection; test is used once."""
+
+    train: tuple[Example, ...]
+    dev: tuple[Example, ...]
+    test: tuple[Example, ...]
+    dev_trials: tuple[Trial, ...] = ()  # verification only
+    test_trials: tuple[Trial, ...] = ()
+
+
+class Dataset(ABC):
+    """A dataset in one documented on-disk layout, opened from its root directory.
+
+    The constructor validates the layout and raises DataError naming the offending file.
+    """
+
+    name: ClassVar[str]
+    tasks: ClassVar[tuple[str, ...]]  # of "emotion", "sentiment", "verification"
+    has_pretraining: ClassVar[bool] = False
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError(f"{self.root}: dataset directory for {self.name!r} does not exist")
+
+    @abstractmethod
+    def folds(self, task: str) -> tuple[str, ...]:
+        """Fold names for a task (one fold where the source has fixed splits)."""
+
+    @abstractmethod
+    def split(self, task: str, fold: str, seed: int) -> Split:
+        """Train/dev/test for a task and fold; ``seed`` fixes any seeded choice (dev speakers)."""
+
+    def pretraining(self) -> tuple[Example, ...]:
+        """Unlabelled audio-transcript pairs for pre-training."""
+        raise UserError(f"dataset {self.name!r} has no pre-training corpus")
+
+    def check_task(self, task: str) -> None:
+        if task not in self.tasks:
+            raise UserError(f"dataset {self.name!r} has no task {task!r}; it has {', '.join(self.tasks)}")
