@@ -1,0 +1,180 @@
+"""The command line: parses, validates, calls the library; no logic of its own.
+
+Heavy imports (torch) happen inside the commands so that ``--help`` stays quick. A user error
+anywhere ends with one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ctal_bench.errors import UserError
+
+EXAMPLES = """examples:
+  python bench.py run --suite smoke
+  python bench.py run --suite paper --data iemocap=/data/IEMOCAP_full_release
+  python bench.py ablate --drop fusion --suite smoke
+  python bench.py ablate --sweep mask_ratio
+  python bench.py list ablations
+  python bench.py data synth --size default
+  python bench.py data check /data/IEMOCAP_full_release --format iemocap
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would print usage too)
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def _results_arg(p):
+    p.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
+                   help="where results are read and written (default: results/)")
+
+
+def _data_arg(p):
+    p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                   help="datasets and feature caches (default: $CTAL_BENCH_DATA_DIR or ~/.cache/ctal-bench)")
+
+
+def _declarations_arg(p):
+    p.add_argument("--ablations-dir", type=Path, default=None, metavar="DIR",
+                   help="directory of ablation/suite TOML declarations (default: the shipped ablations/)")
+
+
+def _suite_narrowing_args(p):
+    p.add_argument("--models", nargs="+", metavar="MODEL", help="only these models")
+    p.add_argument("--tasks", nargs="+", metavar="TASK", help="only these tasks")
+    p.add_argument("--seeds", type=int, metavar="N", help="use the first N seeds of the suite's list")
+    p.add_argument("--scale", metavar="SCALE", help="a declared scale instead of the suite's")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set finetune.lr=3e-5 (repeatable)")
+    p.add_argument("--data", nargs="+", default=[], metavar="NAME=PATH",
+                   help="point tasks at real data, e.g. iemocap=PATH mosei=PATH librispeech=PATH")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bench.py", description="CTAL vs late fusion: runs, ablations, reports.",
+                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a declared suite", description="Run a declared suite; "
+                       "finished cells with the same config hash are skipped.")
+    p.add_argument("--suite", required=True, help="a declared suite (see: list suites)")
+    _suite_narrowing_args(p), _results_arg(p), _data_arg(p), _declarations_arg(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ablate", help="run declared ablations against full CTAL",
+                       description="Run full CTAL and declared ablation variants on a suite's "
+                       "tasks, seeds and scale, then print the comparison.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--drop", nargs="+", metavar="PART",
+                      help="ablations by name or by what they drop (e.g. fusion, no_fusion)")
+    what.add_argument("--sweep", metavar="NAME", help="a declared sweep (e.g. mask_ratio)")
+    p.add_argument("--suite", default="paper", help="suite giving tasks, seeds and scale (default: paper)")
+    _suite_narrowing_args(p), _results_arg(p), _data_arg(p), _declarations_arg(p)
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("report", help="results -> tables (.md, .tex) and figures")
+    p.add_argument("--suite", default=None)
+    p.add_argument("--reference", default="late_fusion")
+    p.add_argument("--format", default="md,tex")
+    _results_arg(p)
+    p.set_defaults(func=cmd_later, issue="#7 (aggregation, significance tests and tables)")
+
+    p = sub.add_parser("profile", help="timing, throughput, memory, FLOPs and MFU per model")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--models", nargs="+")
+    _results_arg(p), _data_arg(p)
+    p.set_defaults(func=cmd_later, issue="#8 (timing and throughput profiling)")
+
+    p = sub.add_parser("tune", help="Optuna tuning on dev with an equal budget per model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--trials", type=int, default=40)
+    _results_arg(p), _data_arg(p)
+    p.set_defaults(func=cmd_later, issue="#9 (scale-out and tuning)")
+
+    p = sub.add_parser("data", help="build the embedded dataset or check a real one")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    q = data_sub.add_parser("synth", help="build (or verify) the embedded synthetic dataset")
+    q.add_argument("--size", default="default", help="smoke, default or large")
+    q.add_argument("--workers", type=int, default=2)
+    q.add_argument("--probe", action="store_true", help="also run the linear calibration probes")
+    _data_arg(q)
+    q.set_defaults(func=cmd_data_synth)
+    q = data_sub.add_parser("check", help="validate a dataset directory and count its contents")
+    q.add_argument("path", type=Path)
+    q.add_argument("--format", required=True, help="a registered dataset (see: list datasets)")
+    q.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("list", help="list registered models, datasets, tasks, ablations, suites")
+    p.add_argument("what", choices=["models", "datasets", "tasks", "ablations", "suites", "scales"])
+    _declarations_arg(p)
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are saved; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def cmd_later(args) -> int:
+    raise UserError(f"`bench.py {args.command}` is not built yet: it arrives with issue {args.issue}")
+
+
+def cmd_run(args) -> int:
+    from ctal_bench import runner
+
+    return runner.run_from_cli(args)
+
+
+def cmd_ablate(args) -> int:
+    from ctal_bench import runner
+
+    return runner.ablate_from_cli(args)
+
+
+def cmd_data_synth(args) -> int:
+    from ctal_bench.data import default_data_dir, synth
+
+    data_dir = args.data_dir or default_data_dir()
+    root = synth.build(data_dir, args.size, workers=args.workers)
+    from rich.console import Console
+
+    console = Console()
+    console.print(f"synth-{args.size}: {root}")
+    if args.probe:
+        from ctal_bench.data import probe
+
+        console.print(probe.render(probe.probe(root, data_dir, workers=args.workers)))
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from rich.console import Console
+
+    from ctal_bench.data import check
+
+    Console().print(check.render(check.check_dataset(args.path, args.format)))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from rich.console import Console
+
+    from ctal_bench import listing
+
+    Console().print(listing.table(args.what, args.ablations_dir))
+    return 0

@@ -1,0 +1,222 @@
+"""Ablations, suites and scales declared as TOML tables in ablations/*.toml.
+
+Any file may hold any of ``[ablation.NAME]``, ``[suite.NAME]`` and ``[scale.NAME]``. Every entry
+is validated on load: an unknown key, an unknown model, task or dataset, or an override of a
+config key that does not exist is a UserError naming the file and the entry. Nothing is skipped
+silently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ctal_bench import catalog
+from ctal_bench.config import Config, apply_overrides, load_toml
+from ctal_bench.errors import UserError
+from ctal_bench.registry import DATASETS, MODELS, TASKS, Registry
+
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "ablations"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration to run: a model, or CTAL changed by an ablation (or a sweep value)."""
+
+    name: str
+    model: str
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted config keys
+    ablation: str = ""  # the declaring ablation, "" for a plain model
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str
+    summary: str
+    source: Path
+    version: int = 1
+    model: str = "ctal"
+    drop: str = ""  # what it takes away, for tables ("fusion", "pretraining", ...)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    sweep: str = ""  # a config key swept over ``values``
+    values: tuple = ()
+
+    def variants(self) -> list[Variant]:
+        if self.sweep:
+            return [Variant(f"{self.name}={v}", self.model, {**self.overrides, self.sweep: v}, self.name)
+                    for v in self.values]
+        return [Variant(self.name, self.model, dict(self.overrides), self.name)]
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    summary: str
+    source: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    summary: str
+    source: Path
+    version: int = 1
+    models: tuple[str, ...] = ("ctal",)
+    ablations: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ("emotion", "sentiment", "verification")
+    datasets: dict[str, str] = field(default_factory=dict)  # task -> dataset; default synth
+    seeds: tuple[int, ...] = (0,)
+    scale: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def dataset_for(self, task: str) -> str:
+        return self.datasets.get(task, "synth")
+
+
+@dataclass(frozen=True)
+class Declarations:
+    ablations: Registry
+    suites: Registry
+    scales: Registry
+
+
+_KEYS = {
+    "ablation": {"summary", "version", "model", "drop", "set", "sweep", "values", "extends"},
+    "suite": {"summary", "version", "models", "ablations", "tasks", "datasets", "seeds", "scale", "set"},
+    "scale": {"summary", "set"},
+}
+_REQUIRED = {"ablation": {"summary"}, "suite": {"summary", "tasks"}, "scale": {"summary"}}
+
+
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"pretrain": {"mask_ratio": 0.3}}`` -> ``{"pretrain.mask_ratio": 0.3}``."""
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+class _Entry:
+    """Validation helpers that put the file and entry in every message."""
+
+    def __init__(self, kind: str, name: str, body: Any, source: Path):
+        self.kind, self.name, self.source = kind, name, source
+        if not isinstance(body, dict):
+            self.fail("expected a table of keys")
+        unknown = sorted(set(body) - _KEYS[kind])
+        if unknown:
+            self.fail(f"unknown key {unknown[0]!r}; expected one of {', '.join(sorted(_KEYS[kind]))}")
+        missing = sorted(_REQUIRED[kind] - set(body))
+        if missing:
+            self.fail(f"missing required key {missing[0]!r}")
+        self.body = body
+
+    def fail(self, message: str):
+        raise UserError(f"{self.source}: [{self.kind}.{self.name}]: {message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        if key not in self.body:
+            return default
+        value = self.body[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            self.fail(f"key {key!r} expects {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+        return value
+
+    def names(self, key: str, registry: Registry, default: tuple) -> tuple[str, ...]:
+        values = self.get(key, list, list(default))
+        for value in values:
+            if value not in registry:
+                self.fail(registry.unknown_message(value))
+        return tuple(values)
+
+    def overrides(self, table: dict[str, Any]) -> dict[str, Any]:
+        flat = flatten(table)
+        try:
+            apply_overrides(Config(), flat)
+        except UserError as e:
+            self.fail(str(e))
+        return flat
+
+
+def load(directory: Path | None = None) -> Declarations:
+    """Read and validate every ``*.toml`` in ``directory`` (default: the shipped ablations/)."""
+    directory = Path(directory or DEFAULT_DIR)
+    files = sorted(directory.glob("*.toml"))
+    if not files:
+        raise UserError(f"{directory}: no declaration files (*.toml) found")
+    catalog.load()
+    raw: dict[str, dict[str, _Entry]] = {kind: {} for kind in _KEYS}
+    for path in files:
+        for kind, entries in load_toml(path).items():
+            if kind not in _KEYS:
+                raise UserError(f"{path}: unknown table [{kind}]; expected ablation, suite or scale")
+            if not isinstance(entries, dict):
+                raise UserError(f"{path}: [{kind}] must hold named entries like [{kind}.NAME]")
+            for name, body in entries.items():
+                if name in raw[kind]:
+                    raise UserError(f"{path}: [{kind}.{name}] is declared twice "
+                                    f"(also in {raw[kind][name].source})")
+                raw[kind][name] = _Entry(kind, name, body, path)
+
+    scales = Registry("scale")
+    for name, e in raw["scale"].items():
+        scales.add(name, Scale(name, e.get("summary", str), e.source, e.overrides(e.get("set", dict, {}))))
+
+    ablations = Registry("ablation")
+    for name, e in raw["ablation"].items():
+        ablations.add(name, _ablation(e, raw["ablation"]))
+
+    suites = Registry("suite")
+    for name, e in raw["suite"].items():
+        seeds = e.get("seeds", (int, list), 1)
+        seeds = tuple(range(seeds)) if isinstance(seeds, int) else tuple(seeds)
+        if not seeds or not all(isinstance(s, int) for s in seeds):
+            e.fail(f"key 'seeds' expects a positive count or a list of integers, got {seeds!r}")
+        datasets = e.get("datasets", dict, {})
+        for task, dataset in datasets.items():
+            if task not in TASKS:
+                e.fail(TASKS.unknown_message(task))
+            if dataset not in DATASETS:
+                e.fail(DATASETS.unknown_message(dataset))
+        scale = e.get("scale", str, "")
+        if scale and scale not in scales:
+            e.fail(scales.unknown_message(scale))
+        suites.add(name, Suite(
+            name, e.get("summary", str), e.source, version=e.get("version", int, 1),
+            models=e.names("models", MODELS, ("ctal",)), ablations=e.names("ablations", ablations, ()),
+            tasks=e.names("tasks", TASKS, ()), datasets=dict(datasets), seeds=seeds, scale=scale,
+            overrides=e.overrides(e.get("set", dict, {}))))
+    return Declarations(ablations, suites, scales)
+
+
+def _ablation(e: _Entry, all_entries: dict[str, _Entry]) -> Ablation:
+    """Build one ablation, merging at most one level of ``extends``."""
+    body = dict(e.body)
+    parent_name = e.get("extends", str, "")
+    if parent_name:
+        parent = all_entries.get(parent_name)
+        if parent is None:
+            e.fail(f"extends unknown ablation {parent_name!r}")
+        if "extends" in parent.body:
+            e.fail(f"extends {parent_name!r}, which itself extends another; one level only")
+        body = {**parent.body, **body, "set": {**flatten(parent.body.get("set", {})),
+                                                **flatten(body.get("set", {}))}}
+        e = _Entry("ablation", e.name, {k: v for k, v in body.items() if k != "extends"}, e.source)
+    model = e.get("model", str, "ctal")
+    if model not in MODELS:
+        e.fail(MODELS.unknown_message(model))
+    sweep = e.get("sweep", str, "")
+    values = tuple(e.get("values", list, []))
+    if bool(sweep) != bool(values):
+        e.fail("a sweep needs both 'sweep' (a config key) and 'values' (a non-empty list)")
+    overrides = e.overrides(e.get("set", dict, {}))
+    for value in values:
+        e.overrides({sweep: value})  # each swept value must fit the key's type
+    return Ablation(e.name, e.get("summary", str), e.source, version=e.get("version", int, 1),
+                    model=model, drop=e.get("drop", str, ""), overrides=overrides, sweep=sweep,
+                    values=values)

@@ -1,0 +1,150 @@
+"""The results store: one JSON file per cell, written atomically, predictions beside it.
+
+A cell is (suite, variant, task, dataset, fold, seed); its record carries the full config and
+its hash, so a rerun can skip cells that finished with the same config and redo the rest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+DONE, FAILED = "done", "failed"
+
+
+@dataclass(frozen=True)
+class CellKey:
+    suite: str
+    variant: str  # a model name, or "<ablation>" / "<sweep>=<value>"
+    task: str
+    dataset: str
+    fold: str
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.variant}__{self.task}__{self.dataset}__fold-{self.fold}__seed-{self.seed}"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``.
+
+    A reader sees either the old file, the whole new one, or nothing; never a partial file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultsStore:
+    """``root/runs/<suite>/<cell id>.json`` and ``<cell id>.preds.csv``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def cell_path(self, key: CellKey) -> Path:
+        return self.root / "runs" / key.suite / f"{key.id}.json"
+
+    def predictions_path(self, key: CellKey) -> Path:
+        return self.root / "runs" / key.suite / f"{key.id}.preds.csv"
+
+    def write(self, key: CellKey, record: dict[str, Any]) -> Path:
+        path = self.cell_path(key)
+        atomic_write_text(path, json.dumps({"cell": asdict(key), **record}, indent=1, default=_jsonable))
+        return path
+
+    def write_predictions(self, key: CellKey, predictions: pd.DataFrame) -> Path:
+        path = self.predictions_path(key)
+        atomic_write_text(path, predictions.to_csv(index=False))
+        return path
+
+    def read(self, key: CellKey) -> dict[str, Any] | None:
+        return _read_json(self.cell_path(key))
+
+    def read_predictions(self, key: CellKey) -> pd.DataFrame | None:
+        path = self.predictions_path(key)
+        return pd.read_csv(path) if path.exists() else None
+
+    def is_done(self, key: CellKey, config_hash: str) -> bool:
+        record = self.read(key)
+        return bool(record) and record.get("status") == DONE and record.get("config_hash") == config_hash
+
+    def records(self, suite: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every readable cell record (of one suite, or all), in file-name order."""
+        pattern = f"{suite}/*.json" if suite else "*/*.json"
+        for path in sorted((self.root / "runs").glob(pattern)):
+            record = _read_json(path)
+            if record is not None:
+                yield record
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A record, or None if the file is absent or not a complete JSON object."""
+    if path.name.startswith("."):
+        return None  # a writer's temporary file
+    try:
+        record = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays, torch tensors
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a result record")
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from (with '+dirty'), or None."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def environment() -> dict[str, Any]:
+    """What made a result: library versions, device, threads, git commit."""
+    import torch
+
+    versions = {}
+    for package in ("ctal-bench", "torch", "torchaudio", "numpy", "scipy", "scikit-learn",
+                    "tokenizers", "soundfile", "espeakng-loader"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    cuda = torch.cuda.is_available()
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "git_commit": git_commit(),
+    }

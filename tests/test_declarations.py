@@ -1,0 +1,66 @@
+import shutil
+
+import pytest
+
+from ctal_bench import declarations
+from ctal_bench.errors import UserError
+
+
+def test_shipped_declarations_load_and_resolve():
+    decl = declarations.load()
+    for name in ("no_pretraining", "no_cross_modal_pretraining", "no_fusion", "causal_audio",
+                 "no_orthogonality_loss", "text_only_head", "audio_only_head", "mask_ratio"):
+        assert name in decl.ablations
+    assert {"smoke", "paper"} <= set(decl.suites)
+    sweep = decl.ablations.get("mask_ratio")
+    assert [v.overrides["pretrain.mask_ratio"] for v in sweep.variants()] == [0.05, 0.15, 0.3, 0.5]
+    assert decl.suites.get("paper").seeds == (0, 1, 2, 3, 4)
+
+
+def write(tmp_path, text):
+    shutil.copy(declarations.DEFAULT_DIR / "suites.toml", tmp_path / "suites.toml")
+    path = tmp_path / "extra.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[ablation.bad]\nsummary = "x"\nfoo = 1\n', r"\[ablation.bad\]: unknown key 'foo'"),
+    ('[ablation.bad]\nsummary = "x"\nset = { "finetune.nosuchkey" = 1 }\n',
+     r"\[ablation.bad\]: unknown config key 'finetune.nosuchkey'"),
+    ('[ablation.bad]\nsummary = "x"\nset = { "finetune.epochs" = "many" }\n',
+     r"\[ablation.bad\]: config key 'finetune.epochs' expects int"),
+    ('[ablation.bad]\nsummary = "x"\nmodel = "nosuchmodel"\n', r"\[ablation.bad\]: unknown model 'nosuchmodel'"),
+    ('[ablation.bad]\nset = {}\n', r"\[ablation.bad\]: missing required key 'summary'"),
+    ('[ablation.bad]\nsummary = "x"\nsweep = "pretrain.mask_ratio"\n', r"\[ablation.bad\]: a sweep needs"),
+    ('[ablation.bad]\nsummary = "x"\nsweep = "pretrain.mask_ratio"\nvalues = ["high"]\n',
+     r"\[ablation.bad\]: config key 'pretrain.mask_ratio' expects float"),
+    ('[suite.bad]\nsummary = "x"\ntasks = ["emotoin"]\n', r"\[suite.bad\]: unknown task 'emotoin'; did you mean emotion"),
+    ('[suite.bad]\nsummary = "x"\ntasks = ["emotion"]\nablations = ["no_such"]\n', r"\[suite.bad\]: unknown ablation"),
+    ('[suite.bad]\nsummary = "x"\ntasks = ["emotion"]\nseeds = 0\n', r"\[suite.bad\]: key 'seeds'"),
+    ('[widget.bad]\nsummary = "x"\n', r"unknown table \[widget\]"),
+    ('[ablation.bad\nsummary = "x"\n', "not valid TOML"),
+])
+def test_malformed_declarations_name_file_and_entry(tmp_path, body, message):
+    path = write(tmp_path, body)
+    with pytest.raises(UserError, match=message) as e:
+        declarations.load(tmp_path)
+    assert str(path) in str(e.value)
+
+
+def test_duplicate_entry_names_both_files(tmp_path):
+    write(tmp_path, '[suite.smoke]\nsummary = "again"\ntasks = ["emotion"]\n')
+    with pytest.raises(UserError, match=r"\[suite.smoke\] is declared twice"):
+        declarations.load(tmp_path)
+
+
+def test_extends_one_level(tmp_path):
+    write(tmp_path, '[ablation.base]\nsummary = "b"\nset = { "model.head" = "concat" }\n'
+                    '[ablation.child]\nsummary = "c"\nextends = "base"\nset = { "model.audio_causal" = true }\n'
+                    '[ablation.grandchild]\nsummary = "g"\nextends = "child"\n')
+    with pytest.raises(UserError, match="one level only"):
+        declarations.load(tmp_path)
+    write(tmp_path, '[ablation.base]\nsummary = "b"\nset = { "model.head" = "concat" }\n'
+                    '[ablation.child]\nsummary = "c"\nextends = "base"\nset = { "model.audio_causal" = true }\n')
+    child = declarations.load(tmp_path).ablations.get("child")
+    assert child.overrides == {"model.head": "concat", "model.audio_causal": True}
