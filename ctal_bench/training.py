@@ -1,0 +1,142 @@
+"""The one training loop, used by pre-training and fine-tuning alike.
+
+The recipe supplies the batches, the loss and (optionally) a dev evaluation; the loop does the
+optimiser, the per-step schedule, gradient clipping, bf16 autocast on CUDA, best-epoch selection
+and early stopping on dev, throughput accounting and resumable checkpoints.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ctal_bench.data.batching import Batch
+from ctal_bench.optim import adamw, lr_at
+
+LossFn = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    epochs: int
+    lr: float
+    weight_decay: float
+    warmup: float
+    clip: float
+    schedule: str = "linear"
+    patience: int = 0  # epochs without dev improvement before stopping; 0 = never stop early
+
+
+@dataclass
+class FitResult:
+    curve: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    best_epoch: int = -1
+    best_score: float | None = None
+    steps: int = 0
+    train_seconds: float = 0.0
+    samples: int = 0
+    audio_frames: int = 0
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def fit(model: nn.Module, batches: Callable[[int], list[Batch]], loss_fn: LossFn, schedule: Schedule,
+        device: torch.device, evaluate: Callable[[], float] | None = None, higher_is_better: bool = True,
+        checkpoint: Path | None = None, on_step: Callable[[], None] | None = None) -> FitResult:
+    """Train ``model``; ``batches(epoch)`` gives that epoch's (seeded) batches.
+
+    With ``evaluate`` (a dev score), the weights of the best epoch are restored at the end.
+    With ``checkpoint``, state is saved after every epoch and a rerun resumes from it.
+    """
+    steps_per_epoch = len(batches(0))
+    total_steps = steps_per_epoch * schedule.epochs
+    optimizer = adamw(model, schedule.lr, schedule.weight_decay)
+    result, start_epoch, best_state, since_best = FitResult(), 0, None, 0
+
+    if checkpoint is not None and checkpoint.exists():  # resume an interrupted run
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        result, start_epoch = FitResult(**state["result"]), state["epoch"] + 1
+        best_state, since_best = state["best_state"], state["since_best"]
+
+    for epoch in range(start_epoch, schedule.epochs):
+        # ---- train one epoch; losses stay on the device until the epoch ends (no host sync)
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        frames = torch.zeros((), device=device, dtype=torch.long)
+        started = time.perf_counter()
+        epoch_batches = batches(epoch)
+        for batch in epoch_batches:
+            batch = batch.to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(result.steps, total_steps, schedule.lr, schedule.warmup, schedule.schedule)
+            with _autocast(device):
+                losses = loss_fn(model, batch)
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if schedule.clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), schedule.clip)
+            optimizer.step()
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().float()
+            result.steps += 1
+            result.samples += len(batch)
+            frames += batch.audio_mask.sum()
+            if on_step is not None:
+                on_step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        result.train_seconds += time.perf_counter() - started
+        result.audio_frames += int(frames)
+        row = {"epoch": epoch, **{f"train_{k}": (v / len(epoch_batches)).item() for k, v in sums.items()}}
+        row["train_loss"] = sum(v for k, v in row.items() if k.startswith("train_"))
+
+        # ---- select on dev only
+        if evaluate is not None:
+            model.eval()
+            with torch.no_grad(), _autocast(device):
+                score = evaluate()
+            row["dev_score"] = score
+            improved = result.best_score is None or (score > result.best_score if higher_is_better
+                                                      else score < result.best_score)
+            if improved:
+                result.best_epoch, result.best_score, since_best = epoch, score, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                since_best += 1
+        else:
+            result.best_epoch = epoch
+        result.curve.append(row)
+
+        if checkpoint is not None:
+            _save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "rng": torch.get_rng_state(), "epoch": epoch,
+                               "result": dataclasses.asdict(result), "best_state": best_state,
+                               "since_best": since_best})
+        if evaluate is not None and schedule.patience and since_best >= schedule.patience:
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return result
+
+
+def _save(path: Path, state: dict) -> None:
+    """Atomic torch.save: a crash mid-write never leaves a truncated checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
