@@ -18,7 +18,8 @@ def test_shipped_declarations_load_and_resolve():
 
 
 def write(tmp_path, text):
-    shutil.copy(declarations.DEFAULT_DIR / "suites.toml", tmp_path / "suites.toml")
+    for shipped in declarations.DEFAULT_DIR.glob("*.toml"):
+        shutil.copy(shipped, tmp_path / shipped.name)
     path = tmp_path / "extra.toml"
     path.write_text(text)
     return path
@@ -55,12 +56,12 @@ def test_duplicate_entry_names_both_files(tmp_path):
 
 
 def test_extends_one_level(tmp_path):
-    write(tmp_path, '[ablation.base]\nsummary = "b"\nset = { "model.head" = "concat" }\n'
-                    '[ablation.child]\nsummary = "c"\nextends = "base"\nset = { "model.audio_causal" = true }\n'
+    write(tmp_path, '[ablation.base0]\nsummary = "b"\nset = { "model.head" = "concat" }\n'
+                    '[ablation.child]\nsummary = "c"\nextends = "base0"\nset = { "model.audio_causal" = true }\n'
                     '[ablation.grandchild]\nsummary = "g"\nextends = "child"\n')
     with pytest.raises(UserError, match="one level only"):
         declarations.load(tmp_path)
-    write(tmp_path, '[ablation.base]\nsummary = "b"\nset = { "model.head" = "concat" }\n'
-                    '[ablation.child]\nsummary = "c"\nextends = "base"\nset = { "model.audio_causal" = true }\n')
+    write(tmp_path, '[ablation.base0]\nsummary = "b"\nset = { "model.head" = "concat" }\n'
+                    '[ablation.child]\nsummary = "c"\nextends = "base0"\nset = { "model.audio_causal" = true }\n')
     child = declarations.load(tmp_path).ablations.get("child")
     assert child.overrides == {"model.head": "concat", "model.audio_causal": True}
