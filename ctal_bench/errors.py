@@ -14,4 +14,7 @@ class DataError(UserError):
     def __init__(self, path, expected: str, line: int | None = None):
         where = f"{path}:{line}" if line is not None else f"{path}"
         super().__init__(f"{where}: {expected}")
-        self.path, self.line = path, line
+        self.path, self.expected, self.line = path, expected, line
+
+    def __reduce__(self):  # picklable, so worker processes can raise it
+        return (type(self), (self.path, self.expected, self.line))
