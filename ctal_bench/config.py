@@ -54,6 +54,7 @@ class DataConfig:
     dataset: str = "synth"
     size: str = "default"  # synth only: smoke | default | large
     fold: str = ""  # "" = every fold of the task
+    pretrain_dataset: str = ""  # "" = the task's dataset when it has a pre-training corpus
     vocab_size: int = 1000  # 30,000 at paper scale
     max_audio_frames: int = 3000  # longer utterances are truncated, and counted
     features: FeatureConfig = field(default_factory=FeatureConfig)

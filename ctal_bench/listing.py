@@ -46,8 +46,8 @@ def table(what: str, ablations_dir: Path | None = None) -> Table:
         t = Table("task", "metrics", "selection (dev)", title="tasks")
         for name in TASKS:
             task = TASKS.get(name)
-            arrow = "↑" if task.higher_is_better(task.selection_metric) else "↓"
-            t.add_row(name, ", ".join(task.metrics), f"{task.selection_metric} {arrow}")
+            arrow = "↑" if task.higher_is_better else "↓"
+            t.add_row(name, ", ".join(task.metric_names), f"{task.selection_metric} {arrow}")
         return t
     decl = declarations.load(ablations_dir)
     if what == "ablations":

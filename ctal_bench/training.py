@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ctal_bench.data.batching import Batch
+from ctal_bench.metrics import is_better
 from ctal_bench.optim import adamw, lr_at
 
 LossFn = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
@@ -49,15 +50,16 @@ def _autocast(device: torch.device):
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def fit(model: nn.Module, batches: Callable[[int], list[Batch]], loss_fn: LossFn, schedule: Schedule,
-        device: torch.device, evaluate: Callable[[], float] | None = None, higher_is_better: bool = True,
-        checkpoint: Path | None = None, on_step: Callable[[], None] | None = None) -> FitResult:
-    """Train ``model``; ``batches(epoch)`` gives that epoch's (seeded) batches.
+def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], steps_per_epoch: int, loss_fn: LossFn,
+        schedule: Schedule, device: torch.device, evaluate: Callable[[], float] | None = None,
+        selection_metric: str = "", checkpoint: Path | None = None,
+        on_step: Callable[[], None] | None = None) -> FitResult:
+    """Train ``model``; ``batches(epoch)`` yields that epoch's (seeded) ``steps_per_epoch`` batches.
 
-    With ``evaluate`` (a dev score), the weights of the best epoch are restored at the end.
+    With ``evaluate`` (the dev value of ``selection_metric``), the weights of the best epoch are
+    restored at the end.
     With ``checkpoint``, state is saved after every epoch and a rerun resumes from it.
     """
-    steps_per_epoch = len(batches(0))
     total_steps = steps_per_epoch * schedule.epochs
     optimizer = adamw(model, schedule.lr, schedule.weight_decay)
     result, start_epoch, best_state, since_best = FitResult(), 0, None, 0
@@ -76,8 +78,7 @@ def fit(model: nn.Module, batches: Callable[[int], list[Batch]], loss_fn: LossFn
         sums: dict[str, torch.Tensor] = {}
         frames = torch.zeros((), device=device, dtype=torch.long)
         started = time.perf_counter()
-        epoch_batches = batches(epoch)
-        for batch in epoch_batches:
+        for batch in batches(epoch):
             batch = batch.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(result.steps, total_steps, schedule.lr, schedule.warmup, schedule.schedule)
@@ -100,7 +101,7 @@ def fit(model: nn.Module, batches: Callable[[int], list[Batch]], loss_fn: LossFn
             torch.cuda.synchronize()
         result.train_seconds += time.perf_counter() - started
         result.audio_frames += int(frames)
-        row = {"epoch": epoch, **{f"train_{k}": (v / len(epoch_batches)).item() for k, v in sums.items()}}
+        row = {"epoch": epoch, **{f"train_{k}": (v / steps_per_epoch).item() for k, v in sums.items()}}
         row["train_loss"] = sum(v for k, v in row.items() if k.startswith("train_"))
 
         # ---- select on dev only
@@ -109,9 +110,7 @@ def fit(model: nn.Module, batches: Callable[[int], list[Batch]], loss_fn: LossFn
             with torch.no_grad(), _autocast(device):
                 score = evaluate()
             row["dev_score"] = score
-            improved = result.best_score is None or (score > result.best_score if higher_is_better
-                                                      else score < result.best_score)
-            if improved:
+            if result.best_score is None or is_better(selection_metric, score, result.best_score):
                 result.best_epoch, result.best_score, since_best = epoch, score, 0
                 best_state = copy.deepcopy(model.state_dict())
             else:

@@ -16,29 +16,29 @@ from ctal_bench.data import synth
 from ctal_bench.data.base import EMOTIONS
 from ctal_bench.errors import DataError, UserError
 
-SMOKE = synth.SIZES["smoke"]
+TINY = synth.SIZES["tiny"]
 
 
 @pytest.fixture(scope="module")
-def smoke_root(tmp_path_factory) -> Path:
-    """One smoke build (2 workers) shared by the module; tests must not modify it."""
-    return synth.build(tmp_path_factory.mktemp("a"), "smoke", workers=2, progress=False)
+def tiny_root(tmp_path_factory) -> Path:
+    """One tiny build (2 workers) shared by the module; tests must not modify it."""
+    return synth.build(tmp_path_factory.mktemp("a"), "tiny", workers=2, progress=False)
 
 
 @pytest.fixture(scope="module")
 def second_root(tmp_path_factory) -> Path:
-    """An independent smoke build in another directory, with a different worker count."""
-    return synth.build(tmp_path_factory.mktemp("b"), "smoke", workers=1, progress=False)
+    """An independent tiny build in another directory, with a different worker count."""
+    return synth.build(tmp_path_factory.mktemp("b"), "tiny", workers=1, progress=False)
 
 
 @pytest.fixture(scope="module")
-def rows(smoke_root) -> list[dict]:
-    return synth.read_utterances(smoke_root)
+def rows(tiny_root) -> list[dict]:
+    return synth.read_utterances(tiny_root)
 
 
 @pytest.fixture(scope="module")
-def dataset(smoke_root) -> synth.SynthDataset:
-    return synth.SynthDataset(smoke_root)
+def dataset(tiny_root) -> synth.SynthDataset:
+    return synth.SynthDataset(tiny_root)
 
 
 def manifest(root: Path) -> dict:
@@ -47,51 +47,51 @@ def manifest(root: Path) -> dict:
 
 # --- building ---------------------------------------------------------------------------------
 
-def test_two_fresh_builds_are_byte_identical(smoke_root, second_root):
-    digest = manifest(smoke_root)["digest"]
+def test_two_fresh_builds_are_byte_identical(tiny_root, second_root):
+    digest = manifest(tiny_root)["digest"]
     assert manifest(second_root)["digest"] == digest
-    assert synth.verify(smoke_root) == digest
+    assert synth.verify(tiny_root) == digest
     for rel in (synth.UTTERANCES, "audio/spk009/spk009_003.flac"):  # spk009 is a breathy +f2 voice
-        assert (smoke_root / rel).read_bytes() == (second_root / rel).read_bytes()
+        assert (tiny_root / rel).read_bytes() == (second_root / rel).read_bytes()
 
 
-def test_build_layout_and_counts(smoke_root, rows):
-    m = manifest(smoke_root)
-    assert m["size"] == "smoke" and m["counts"]["utterances"] == len(rows) == 384
-    assert m["counts"]["speakers"] == SMOKE.n_speakers == 24
-    assert m["generation"] == synth.generation_parameters("smoke")
-    flacs = sorted(p.relative_to(smoke_root).as_posix() for p in smoke_root.rglob("*.flac"))
+def test_build_layout_and_counts(tiny_root, rows):
+    m = manifest(tiny_root)
+    assert m["size"] == "tiny" and m["counts"]["utterances"] == len(rows) == 384
+    assert m["counts"]["speakers"] == TINY.n_speakers == 24
+    assert m["generation"] == synth.generation_parameters("tiny")
+    flacs = sorted(p.relative_to(tiny_root).as_posix() for p in tiny_root.rglob("*.flac"))
     assert flacs == sorted(r["audio"] for r in rows)
-    info = soundfile.info(str(smoke_root / rows[0]["audio"]))
+    info = soundfile.info(str(tiny_root / rows[0]["audio"]))
     assert (info.samplerate, info.channels, info.subtype, info.format) == (22050, 1, "PCM_16", "FLAC")
     assert info.frames == rows[0]["n_samples"] > 0.5 * synth.SAMPLE_RATE
     # No staging leftovers next to the finished build.
-    assert [p.name for p in smoke_root.parent.iterdir()] == ["synth-smoke"]
+    assert [p.name for p in tiny_root.parent.iterdir()] == ["synth-tiny"]
 
 
-def test_second_build_only_verifies(smoke_root):
-    before = {p: p.stat().st_mtime_ns for p in (smoke_root / synth.MANIFEST, smoke_root / synth.UTTERANCES)}
-    inode = smoke_root.stat().st_ino
-    assert synth.build(smoke_root.parent, "smoke", progress=False) == smoke_root
-    assert smoke_root.stat().st_ino == inode  # not replaced by a new directory
+def test_second_build_only_verifies(tiny_root):
+    before = {p: p.stat().st_mtime_ns for p in (tiny_root / synth.MANIFEST, tiny_root / synth.UTTERANCES)}
+    inode = tiny_root.stat().st_ino
+    assert synth.build(tiny_root.parent, "tiny", progress=False) == tiny_root
+    assert tiny_root.stat().st_ino == inode  # not replaced by a new directory
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
-def test_tampered_build_fails_verify_and_is_rebuilt(smoke_root, second_root):
+def test_tampered_build_fails_verify_and_is_rebuilt(tiny_root, second_root):
     flac = second_root / "audio/spk001/spk001_000.flac"
     original = flac.read_bytes()
     flac.write_bytes(original[:-10])
     with pytest.raises(UserError, match="do not match the digest"):
         synth.verify(second_root)
-    assert synth.build(second_root.parent, "smoke", workers=2, progress=False) == second_root
+    assert synth.build(second_root.parent, "tiny", workers=2, progress=False) == second_root
     assert flac.read_bytes() == original
-    assert synth.verify(second_root) == manifest(smoke_root)["digest"]
+    assert synth.verify(second_root) == manifest(tiny_root)["digest"]
 
 
-def test_unfinished_build_is_not_mistaken_for_a_finished_one(smoke_root, tmp_path):
+def test_unfinished_build_is_not_mistaken_for_a_finished_one(tiny_root, tmp_path):
     """A directory with audio and table but no manifest (an interrupted build) does not load."""
     partial = tmp_path / "synth-smoke"
-    shutil.copytree(smoke_root, partial)
+    shutil.copytree(tiny_root, partial)
     (partial / synth.MANIFEST).unlink()
     with pytest.raises(DataError, match=re.escape(str(partial / synth.MANIFEST))):
         synth.SynthDataset(partial)
@@ -103,18 +103,18 @@ def test_bad_arguments():
     with pytest.raises(UserError, match="unknown synth size 'huge'"):
         synth.build(Path("unused"), "huge")
     with pytest.raises(UserError, match="workers"):
-        synth.build(Path("unused"), "smoke", workers=0)
+        synth.build(Path("unused"), "tiny", workers=0)
 
 
 # --- synthesize -------------------------------------------------------------------------------
 
-def test_synthesize_is_reproducible_and_matches_the_build(smoke_root, rows):
+def test_synthesize_is_reproducible_and_matches_the_build(tiny_root, rows):
     row = next(r for r in rows if r["voice"].endswith("+f2"))  # breathy: uses the engine's RNG
     args = (row["text"], row["voice"], row["pitch"], row["range"], row["rate"], row["volume"])
     first, second = synth.synthesize(*args), synth.synthesize(*args)
     assert first.dtype == np.int16 and first.ndim == 1 and len(first) == row["n_samples"]
     assert np.array_equal(first, second)
-    stored, rate = soundfile.read(str(smoke_root / row["audio"]), dtype="int16")
+    stored, rate = soundfile.read(str(tiny_root / row["audio"]), dtype="int16")
     assert rate == synth.SAMPLE_RATE and np.array_equal(first, stored)
 
 
@@ -174,7 +174,7 @@ def test_sentiment_sign_follows_valence_and_stays_in_range(rows):
 
 
 def test_each_speaker_has_stratified_labels_and_prosody_tracks_arousal(rows):
-    n = SMOKE.utterances_per_speaker
+    n = TINY.utterances_per_speaker
     by_speaker: dict[str, list[dict]] = {}
     for r in rows:
         by_speaker.setdefault(r["speaker"], []).append(r)
@@ -191,14 +191,14 @@ def test_each_speaker_has_stratified_labels_and_prosody_tracks_arousal(rows):
 
 # --- roles and splits -------------------------------------------------------------------------
 
-def test_speaker_roles_are_disjoint_and_sized(rows, smoke_root):
+def test_speaker_roles_are_disjoint_and_sized(rows, tiny_root):
     roles_of = {}
     for r in rows:
         roles_of.setdefault(r["speaker"], set()).add(r["role"])
     assert all(len(roles) == 1 for roles in roles_of.values())
     per_role = Counter(next(iter(roles)) for roles in roles_of.values())
-    assert per_role == SMOKE.speakers_per_role()
-    voices = [f"{s['accent']}+{s['variant']}" for s in manifest(smoke_root)["speakers"]]
+    assert per_role == TINY.speakers_per_role()
+    voices = [f"{s['accent']}+{s['variant']}" for s in manifest(tiny_root)["speakers"]]
     assert len(set(voices)) == len(voices)  # distinct accent x variant voices
 
 
@@ -211,7 +211,7 @@ def test_labelled_split_is_speaker_disjoint(dataset, task):
     assert dataset.folds(task) == ("0",)
     split = dataset.split(task, "0", seed=0)
     parts = [speakers(split.train), speakers(split.dev), speakers(split.test), speakers(dataset.pretraining())]
-    assert [len(p) for p in parts] == [SMOKE.train, SMOKE.dev, SMOKE.test, SMOKE.pretrain]
+    assert [len(p) for p in parts] == [TINY.train, TINY.dev, TINY.test, TINY.pretrain]
     assert len(set().union(*parts)) == sum(len(p) for p in parts)
     for example in split.train + split.dev + split.test:
         assert example.emotion in EMOTIONS and example.sentiment is not None
@@ -227,8 +227,8 @@ def test_verification_split_uses_held_out_speakers_and_seeded_trials(dataset):
     assert not speakers(split.test) & (speakers(emotion.train) | speakers(emotion.dev)
                                        | speakers(emotion.test) | speakers(dataset.pretraining()))
     for trials, part in ((split.dev_trials, split.dev), (split.test_trials, split.test)):
-        assert len(trials) == SMOKE.n_trials
-        assert sum(t.target for t in trials) == SMOKE.n_trials // 2
+        assert len(trials) == TINY.n_trials
+        assert sum(t.target for t in trials) == TINY.n_trials // 2
         speaker_of = {e.uid: e.speaker for e in part}
         for t in trials:
             assert (speaker_of[t.enroll] == speaker_of[t.test]) == bool(t.target)
@@ -238,7 +238,7 @@ def test_verification_split_uses_held_out_speakers_and_seeded_trials(dataset):
 
 def test_pretraining_is_unlabelled_pairs(dataset):
     pairs = dataset.pretraining()
-    assert len(pairs) == SMOKE.pretrain * SMOKE.utterances_per_speaker
+    assert len(pairs) == TINY.pretrain * TINY.utterances_per_speaker
     assert all(e.emotion is None and e.sentiment is None and e.text for e in pairs)
 
 
@@ -252,9 +252,9 @@ def test_unknown_task_and_fold(dataset):
 # --- malformed files --------------------------------------------------------------------------
 
 @pytest.fixture
-def copy_root(smoke_root, tmp_path) -> Path:
+def copy_root(tiny_root, tmp_path) -> Path:
     root = tmp_path / "synth-smoke"
-    shutil.copytree(smoke_root, root)
+    shutil.copytree(tiny_root, root)
     return root
 
 
@@ -287,13 +287,13 @@ def test_missing_audio_file_is_a_data_error(copy_root, rows):
 # --- probe ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_probe_runs_and_audio_carries_arousal(smoke_root, tmp_path):
+def test_probe_runs_and_audio_carries_arousal(tiny_root, tmp_path):
     import torch
 
     from ctal_bench.data import probe
 
     torch.set_num_threads(1)
-    result = probe.probe(smoke_root, tmp_path, workers=1, progress=False)
+    result = probe.probe(tiny_root, tmp_path, workers=1, progress=False)
     assert set(result["emotion_accuracy"]) == set(probe.INPUTS)
     assert all(0.0 <= v <= 1.0 for v in result["emotion_accuracy"].values())
     assert result["arousal_accuracy_audio"] > 0.75  # 85.9% measured; chance is 50%

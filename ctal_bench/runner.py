@@ -1,0 +1,304 @@
+"""Suites -> cells -> results: expand a declared suite, run what is missing, summarise.
+
+A cell is one (variant, task, dataset, fold, seed). Cells finished with the same config hash
+are skipped, so a rerun resumes; a failing cell is recorded with its traceback and the suite
+goes on. Pre-training is shared: one per distinct pre-training config and seed.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ctal_bench import declarations
+from ctal_bench.config import Config, apply_overrides, config_hash, to_dict
+from ctal_bench.declarations import Declarations, Suite, Variant
+from ctal_bench.errors import UserError
+from ctal_bench.registry import DATASETS, TASKS
+from ctal_bench.results import DONE, FAILED, CellKey, ResultsStore, environment
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: CellKey
+    config: Config
+    variant: Variant
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.config)
+
+
+@dataclass
+class Summary:
+    ran: list[tuple[Cell, dict]] = field(default_factory=list)
+    skipped: list[tuple[Cell, dict]] = field(default_factory=list)
+    failed: list[tuple[Cell, dict]] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[tuple[Cell, dict]]:
+        return self.skipped + self.ran + self.failed
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for: a suite, narrowed or adjusted from the command line."""
+
+    suite: str
+    variants: tuple[Variant, ...]
+    tasks: tuple[str, ...]
+    seeds: tuple[int, ...]
+    scale: str
+    overrides: tuple[str, ...] = ()
+    data_paths: dict[str, Path] = field(default_factory=dict)
+    device: str | None = None
+
+
+def parse_data_paths(specs: Sequence[str]) -> dict[str, Path]:
+    paths = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise UserError(f"--data {spec!r}: expected NAME=PATH, e.g. iemocap=/data/IEMOCAP_full_release")
+        DATASETS.get(name)  # unknown name -> "did you mean"
+        if not Path(path).is_dir():
+            raise UserError(f"--data {name}={path}: directory does not exist")
+        paths[name] = Path(path)
+    return paths
+
+
+def suite_variants(decl: Declarations, suite: Suite, models: Sequence[str] | None) -> list[Variant]:
+    from ctal_bench.registry import MODELS
+
+    chosen = list(models) if models else list(suite.models)
+    for name in chosen:
+        MODELS.get(name)
+    variants = [Variant(name, name) for name in chosen]
+    for name in suite.ablations:
+        ablation = decl.ablations.get(name)
+        if ablation.model in chosen:
+            variants += ablation.variants()
+    return variants
+
+
+def request_from_args(args, decl: Declarations, suite: Suite, variants: list[Variant]) -> Request:
+    tasks = tuple(args.tasks or suite.tasks)
+    for task in tasks:
+        TASKS.get(task)
+    seeds = suite.seeds
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise UserError(f"--seeds {args.seeds}: expected a positive number of seeds")
+        seeds = tuple(range(args.seeds)) if args.seeds > len(seeds) else seeds[:args.seeds]
+    scale = args.scale or suite.scale
+    if scale:
+        decl.scales.get(scale)
+    return Request(suite.name, tuple(variants), tasks, seeds, scale, tuple(args.overrides),
+                   parse_data_paths(args.data), args.device)
+
+
+def cell_config(decl: Declarations, suite: Suite, request: Request, variant: Variant, task: str, seed: int) -> Config:
+    """Defaults <- scale <- suite <- variant <- --set, then the cell's own coordinates."""
+    cfg = Config()
+    if request.scale:
+        cfg = apply_overrides(cfg, decl.scales.get(request.scale).overrides)
+    cfg = apply_overrides(cfg, suite.overrides)
+    cfg = apply_overrides(cfg, variant.overrides)
+    cfg = apply_overrides(cfg, list(request.overrides))
+    dataset = dataset_for(suite, task, request.data_paths)
+    coordinates = {"model.name": variant.model, "data.dataset": dataset, "run.seed": seed}
+    if request.device:
+        coordinates["run.device"] = request.device
+    return apply_overrides(cfg, coordinates)
+
+
+def dataset_for(suite: Suite, task: str, data_paths: dict[str, Path]) -> str:
+    """The suite's dataset for a task, unless --data points that task at real data."""
+    for name in data_paths:
+        if task in DATASETS.get(name).tasks:
+            return name
+    return suite.dataset_for(task)
+
+
+def expand(decl: Declarations, request: Request, data) -> list[Cell]:
+    """Every cell of the request, cheapest informative first: seed by seed, variant by variant."""
+    suite = decl.suites.get(request.suite)
+    cells = []
+    for seed in request.seeds:
+        for variant in request.variants:
+            for task in request.tasks:
+                cfg = cell_config(decl, suite, request, variant, task, seed)
+                dataset = data.dataset(cfg.data.dataset, cfg.data.size)
+                dataset.check_task(task)
+                folds = (cfg.data.fold,) if cfg.data.fold else dataset.folds(task)
+                for fold in folds:
+                    fold_cfg = apply_overrides(cfg, {"data.fold": fold})
+                    key = CellKey(request.suite, variant.name, task, cfg.data.dataset, fold, seed)
+                    cells.append(Cell(key, fold_cfg, variant))
+    return cells
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("run.device=cuda but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"run.device {name!r}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+def run_cell(cell: Cell, data, store: ResultsStore, checkpoints: Path, on_step=None) -> dict:
+    """Pre-train (or reuse), fine-tune, evaluate, and write the cell's record and predictions."""
+    import torch
+
+    from ctal_bench import finetune, pretrain
+    from ctal_bench.registry import MODELS
+
+    cfg = cell.config
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    started = time.perf_counter()
+    task_data = data.task_data(cfg, cell.key.task, cell.key.fold)
+    pretrained, pretrain_record = None, None
+    if cfg.pretrain.enabled and getattr(MODELS.get(cfg.model.name), "pretrainable", False):
+        pretrained, pretrain_record = pretrain.pretrained_weights(cfg, data, checkpoints, device, on_step)
+    outcome = finetune.finetune(cfg, cell.key.task, task_data, pretrained, device, on_step)
+    record = {
+        "status": DONE, "config_hash": cell.hash, "config": to_dict(cfg), "variant": cell.variant.name,
+        "model": cfg.model.name, "ablation": cell.variant.ablation,
+        "metrics": outcome.metrics, "best_epoch": outcome.best_epoch, "parameters": outcome.parameters,
+        "curves": {"finetune": outcome.curve, "pretrain": (pretrain_record or {}).get("curve")},
+        "pretrain": pretrain_record and {k: v for k, v in pretrain_record.items() if k != "curve"},
+        "timing": {**outcome.timing, "cell_seconds": time.perf_counter() - started},
+        "data": {"train": len(task_data.train), "dev": len(task_data.dev), "test": len(task_data.test),
+                 "truncated": task_data.truncated},
+        "extra": outcome.extra, "environment": environment(), "traceback": None,
+    }
+    store.write_predictions(cell.key, outcome.predictions)
+    store.write(cell.key, record)
+    return record
+
+
+def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console) -> Summary:
+    summary = Summary()
+    todo = []
+    for cell in cells:
+        if store.is_done(cell.key, cell.hash):
+            summary.skipped.append((cell, store.read(cell.key)))
+        else:
+            todo.append(cell)
+    console.print(f"{len(cells)} cells: {len(summary.skipped)} already done, {len(todo)} to run")
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        overall = progress.add_task("cells", total=len(todo))
+        steps = progress.add_task("steps", total=None)
+        for cell in todo:
+            k = cell.key
+            progress.update(overall, description=f"cells (done {len(summary.ran)}, failed "
+                            f"{len(summary.failed)}, left {len(todo) - len(summary.ran) - len(summary.failed)})")
+            progress.update(steps, description=f"{k.variant} · {k.task} · fold {k.fold} · seed {k.seed}",
+                            completed=0)
+            try:
+                record = run_cell(cell, data, store, store.root / "checkpoints",
+                                  on_step=lambda: progress.advance(steps))
+                summary.ran.append((cell, record))
+            except (KeyboardInterrupt, UserError):
+                raise
+            except Exception:  # a bug or a numerical failure in one cell: record it, go on
+                record = {"status": FAILED, "config_hash": cell.hash, "config": to_dict(cell.config),
+                          "variant": cell.variant.name, "traceback": traceback.format_exc(),
+                          "environment": environment()}
+                store.write(cell.key, record)
+                summary.failed.append((cell, record))
+                console.print(f"[red]failed[/red] {k.id}: {record['traceback'].strip().splitlines()[-1]}")
+            progress.advance(overall)
+        progress.update(overall, description=f"cells (done {len(summary.ran)}, failed {len(summary.failed)})")
+    return summary
+
+
+def summary_table(summary: Summary, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("variant", "task", "fold", "seed", "status", "test metrics", "best epoch", "seconds"):
+        table.add_column(column)
+    cached = {cell.key for cell, _ in summary.skipped}
+    for cell, record in summary.records:
+        if record["status"] == FAILED:
+            shown = record["traceback"].strip().splitlines()[-1]
+        else:
+            shown = ", ".join(f"{name} {value:.3f}" for name, value in record["metrics"]["test"].items())
+        seconds = record.get("timing", {}).get("cell_seconds")
+        table.add_row(cell.key.variant, cell.key.task, cell.key.fold, str(cell.key.seed),
+                      record["status"] + (" (cached)" if cell.key in cached else ""), shown,
+                      str(record.get("best_epoch", "-")), f"{seconds:.1f}" if seconds else "-")
+    return table
+
+
+def execute(decl: Declarations, request: Request, results: Path, data_dir: Path | None, title: str) -> int:
+    from ctal_bench.data import default_data_dir
+    from ctal_bench.data.prepare import DataPipeline
+
+    console = Console()
+    data = DataPipeline(data_dir or default_data_dir(), request.data_paths)
+    cells = expand(decl, request, data)
+    summary = run_cells(cells, data, ResultsStore(results), console)
+    console.print(summary_table(summary, title))
+    if summary.failed:
+        console.print(f"[red]{len(summary.failed)} of {len(cells)} cells failed:[/red] "
+                      + ", ".join(cell.key.id for cell, _ in summary.failed)
+                      + f" (tracebacks in {results}/runs/{request.suite}/)")
+        return 1
+    return 0
+
+
+def run_from_cli(args) -> int:
+    decl = declarations.load(args.ablations_dir)
+    suite = decl.suites.get(args.suite)
+    request = request_from_args(args, decl, suite, suite_variants(decl, suite, args.models))
+    _validate(decl, request)
+    return execute(decl, request, args.results, args.data_dir, f"suite {suite.name}")
+
+
+def ablate_from_cli(args) -> int:
+    decl = declarations.load(args.ablations_dir)
+    suite = decl.suites.get(args.suite)
+    if args.sweep:
+        chosen = [decl.ablations.get(args.sweep)]
+        if not chosen[0].sweep:
+            raise UserError(f"ablation {args.sweep!r} is not a sweep; use --drop {args.sweep}")
+    else:
+        chosen = [find_ablation(decl, part) for part in args.drop]
+    base = sorted({a.model for a in chosen})
+    variants = [Variant(m, m) for m in base] + [v for a in chosen for v in a.variants()]
+    request = request_from_args(args, decl, suite, variants)
+    _validate(decl, request)
+    return execute(decl, request, args.results, args.data_dir, f"ablation {', '.join(a.name for a in chosen)}")
+
+
+def find_ablation(decl: Declarations, part: str):
+    """An ablation by name, by ``no_<part>``, or by what it drops."""
+    for name in (part, f"no_{part}"):
+        if name in decl.ablations:
+            return decl.ablations.get(name)
+    for name in decl.ablations:
+        if decl.ablations.get(name).drop == part:
+            return decl.ablations.get(name)
+    return decl.ablations.get(part)  # raises with close matches
+
+
+def _validate(decl: Declarations, request: Request) -> None:
+    """Build every cell's config before any work, so a bad --set fails at once."""
+    suite = decl.suites.get(request.suite)
+    for variant in request.variants:
+        for task in request.tasks:
+            cell_config(decl, suite, request, variant, task, request.seeds[0])

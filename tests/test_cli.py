@@ -1,0 +1,91 @@
+"""The command line as a user meets it: exit codes and one-line messages."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(*args, cwd=ROOT):
+    env = {**os.environ, "COLUMNS": "250"}  # rich wraps tables to the terminal width
+    return subprocess.run([sys.executable, str(ROOT / "bench.py"), *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120, env=env)
+
+
+def assert_user_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_help_lists_commands_and_options():
+    proc = bench("--help")
+    assert proc.returncode == 0
+    for command in ("run", "ablate", "report", "profile", "tune", "data", "list"):
+        assert command in proc.stdout
+    for command, option in (("run", "--results"), ("run", "--data-dir"), ("ablate", "--drop"),
+                            ("report", "--results"), ("profile", "--data-dir"), ("tune", "--trials")):
+        assert option in bench(command, "--help").stdout
+
+
+def test_list_ablations_and_suites():
+    proc = bench("list", "ablations")
+    assert proc.returncode == 0, proc.stderr
+    assert "no_cross_modal_pretraining" in proc.stdout and "mask_ratio" in proc.stdout
+    assert "Causal audio self-attention" in proc.stdout  # the summary is shown
+    proc = bench("list", "suites")
+    assert "smoke" in proc.stdout and "paper" in proc.stdout
+
+
+def test_list_models_shows_parameter_counts():
+    proc = bench("list", "models")
+    assert proc.returncode == 0, proc.stderr
+    assert "ctal" in proc.stdout and "mini" in proc.stdout and "M" in proc.stdout
+
+
+def test_unknown_suite_names_closest():
+    assert_user_error(bench("run", "--suite", "smok"), "unknown suite 'smok'", "smoke")
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    proc = bench("run", "--suite", "smoke", "--set", "finetune.nosuchkey=1", "--results", str(tmp_path))
+    assert_user_error(proc, "finetune.nosuchkey")
+    assert not (tmp_path / "runs").exists()  # rejected before any work
+
+
+def test_wrong_type_is_named(tmp_path):
+    proc = bench("run", "--suite", "smoke", "--set", "finetune.epochs=many", "--results", str(tmp_path))
+    assert_user_error(proc, "finetune.epochs", "expects int")
+
+
+def test_unknown_ablation_for_drop():
+    assert_user_error(bench("ablate", "--drop", "fusoin", "--suite", "smoke"), "unknown ablation", "no_fusion")
+
+
+@pytest.mark.parametrize("command", ["report", "profile"])
+def test_commands_not_built_yet_say_so(command):
+    assert_user_error(bench(command), "not built yet", "issue")
+
+
+def test_malformed_declarations_via_cli(tmp_path):
+    (tmp_path / "x.toml").write_text('[ablation.broken]\nsummary = "x"\nset = { "pretrain.nope" = 1 }\n')
+    assert_user_error(bench("list", "ablations", "--ablations-dir", str(tmp_path)),
+                      str(tmp_path / "x.toml"), "[ablation.broken]", "pretrain.nope")
+
+
+def test_data_check_missing_directory(tmp_path):
+    assert_user_error(bench("data", "check", str(tmp_path / "nope"), "--format", "iemocap"), "nope")
+
+
+def test_bad_data_argument():
+    assert_user_error(bench("run", "--suite", "smoke", "--data", "iemocap"), "expected NAME=PATH")
+
+
+def test_argparse_errors_are_one_line():
+    assert_user_error(bench("run"), "--suite")
