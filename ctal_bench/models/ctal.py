@@ -79,9 +79,9 @@ class FeedForward(nn.Module):
 class TextLayer(nn.Module):
     """RoBERTa's post-LN layer: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
 
-    def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float, attention_dropout: float):
         super().__init__()
-        self.attn = MultiHeadAttention(d_model, n_heads, dropout)
+        self.attn = MultiHeadAttention(d_model, n_heads, attention_dropout)
         self.attn_norm = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
         self.ffn_norm = nn.LayerNorm(d_model)
@@ -99,12 +99,13 @@ class AudioLayer(nn.Module):
     output does not depend on the text (pre-training the streams apart).
     """
 
-    def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float, causal: bool):
+    def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float, attention_dropout: float,
+                 causal: bool):
         super().__init__()
         self.causal = causal
-        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, attention_dropout)
         self.self_norm = nn.LayerNorm(d_model)
-        self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout)
+        self.cross_attn = MultiHeadAttention(d_model, n_heads, attention_dropout)
         self.cross_norm = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
         self.ffn_norm = nn.LayerNorm(d_model)
@@ -129,7 +130,7 @@ class TextStream(nn.Module):
         self.position_embedding = nn.Embedding(cfg.max_text_len, cfg.d_model)
         self.norm = nn.LayerNorm(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(TextLayer(cfg.d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout)
+        self.layers = nn.ModuleList(TextLayer(cfg.d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.attention_dropout)
                                     for _ in range(cfg.text_layers))
 
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
@@ -156,7 +157,8 @@ class AudioStream(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
-            AudioLayer(cfg.d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout, causal=cfg.audio_causal)
+            AudioLayer(cfg.d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.attention_dropout,
+                       causal=cfg.audio_causal)
             for _ in range(cfg.audio_layers))
 
     def forward(self, audio: torch.Tensor, audio_mask: torch.Tensor,

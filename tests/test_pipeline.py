@@ -1,0 +1,156 @@
+"""End to end on the tiny synth build: cells written, resumed, failures recorded, reproducible."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctal_bench import catalog, declarations
+from ctal_bench.config import Config, apply_overrides
+from ctal_bench.data import batching
+from ctal_bench.data.prepare import DataPipeline
+from ctal_bench.pretrain import pretrain_losses
+from ctal_bench.registry import MODELS
+from ctal_bench.training import Schedule, fit
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--set", "data.size=tiny", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
+        "--set", "run.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+def bench(*args, data_dir):
+    env = {**os.environ, "COLUMNS": "250"}
+    return subprocess.run([sys.executable, str(ROOT / "bench.py"), *args, "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def cells(results: Path, suite="smoke"):
+    return {p.name: json.loads(p.read_text()) for p in sorted((results / "runs" / suite).glob("*.json"))}
+
+
+def test_run_writes_cells_reuses_pretraining_and_resumes(tmp_path, data_dir):
+    results = tmp_path / "results"
+    proc = bench("run", "--suite", "smoke", "--results", str(results), *TINY, data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = cells(results)
+    assert len(written) == 3 and all(r["status"] == "done" for r in written.values())
+    for name, record in written.items():
+        assert record["config_hash"] and record["environment"]["versions"]["torch"]
+        assert record["curves"]["finetune"] and record["curves"]["pretrain"]
+        assert set(record["metrics"]) == {"dev", "test"}
+        assert (results / "runs" / "smoke" / name.replace(".json", ".preds.csv")).exists()
+    # One pre-training, shared by the three tasks.
+    assert sorted(r["pretrain"]["reused"] for r in written.values()) == [False, True, True]
+    assert len(list((results / "checkpoints").glob("pretrain-*.pt"))) == 1
+
+    # A rerun skips every finished cell and leaves the files alone.
+    mtimes = {p: p.stat().st_mtime_ns for p in (results / "runs" / "smoke").iterdir()}
+    proc = bench("run", "--suite", "smoke", "--results", str(results), *TINY, data_dir=data_dir)
+    assert proc.returncode == 0 and "3 already done, 0 to run" in proc.stdout
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (results / "runs" / "smoke").iterdir()}
+
+    # A changed config re-runs (new hash); a deleted cell is the only one redone.
+    (results / "runs" / "smoke" / "ctal__sentiment__synth__fold-0__seed-0.json").unlink()
+    proc = bench("run", "--suite", "smoke", "--results", str(results), *TINY, data_dir=data_dir)
+    assert "2 already done, 1 to run" in proc.stdout
+
+    # Same seed, fresh results directory: identical metrics on CPU.
+    again = tmp_path / "again"
+    assert bench("run", "--suite", "smoke", "--results", str(again), *TINY, data_dir=data_dir).returncode == 0
+    first, second = cells(results), cells(again)
+    assert {k: v["metrics"] for k, v in first.items()} == {k: v["metrics"] for k, v in second.items()}
+
+
+def test_a_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, data_dir):
+    decl_dir = tmp_path / "decl"
+    shutil.copytree(declarations.DEFAULT_DIR, decl_dir)
+    # A new ablation is one TOML entry; this one breaks at training time (unknown schedule).
+    (decl_dir / "broken.toml").write_text(
+        '[ablation.broken_schedule]\nsummary = "raises inside the cell"\nset = { "finetune.schedule" = "step" }\n'
+        '[suite.tiny]\nsummary = "t"\ntasks = ["emotion"]\nablations = ["broken_schedule"]\nseeds = [0]\n'
+        'scale = "smoke"\n')
+    results = tmp_path / "results"
+    proc = bench("run", "--suite", "tiny", "--results", str(results), "--ablations-dir", str(decl_dir), *TINY,
+                 data_dir=data_dir)
+    assert proc.returncode == 1
+    assert "1 of 2 cells failed" in proc.stdout and "broken_schedule__emotion" in proc.stdout
+    written = cells(results, "tiny")
+    assert written["ctal__emotion__synth__fold-0__seed-0.json"]["status"] == "done"
+    failed = written["broken_schedule__emotion__synth__fold-0__seed-0.json"]
+    assert failed["status"] == "failed" and "unknown schedule 'step'" in failed["traceback"]
+
+
+def test_pretraining_losses_fall(data_dir):
+    catalog.load()
+    torch.set_num_threads(1)
+    cfg = apply_overrides(Config(), declarations.load().scales.get("smoke").overrides)
+    cfg = apply_overrides(cfg, ["data.size=tiny"])
+    data = DataPipeline(data_dir, workers=1, progress=False)
+    items = data.pretraining_items(cfg)[:32]
+    torch.manual_seed(0)
+    model = MODELS.get("ctal")(cfg.model, 1, data.tokenizer(cfg).get_vocab_size())
+    generator = torch.Generator().manual_seed(0)
+    result = fit(model, batches=lambda epoch: batching.iterate(items, 16, seed=epoch), steps_per_epoch=2,
+                 loss_fn=lambda m, b: pretrain_losses(m, b, cfg, generator),
+                 schedule=Schedule(epochs=15, lr=2e-3, weight_decay=0.01, warmup=0.1, clip=1.0),
+                 device=torch.device("cpu"))
+    first, last = result.curve[0], result.curve[-1]
+    assert last["train_mlm"] < 0.8 * first["train_mlm"]
+    assert last["train_mam"] < first["train_mam"]
+
+
+def test_fit_resumes_from_its_checkpoint(tmp_path):
+    """An interrupted run resumed from its checkpoint ends where an uninterrupted one does."""
+    torch.manual_seed(0)
+    xs, ys = torch.randn(64, 4), torch.randn(64, 1)
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 1)
+
+        def forward(self, batch):
+            return self.lin(batch.audio[:, 0, :4])
+
+    def batches(epoch):
+        g = torch.Generator().manual_seed(epoch)
+        order = torch.randperm(64, generator=g)
+        for i in range(0, 64, 16):
+            idx = order[i:i + 16]
+            yield batching.Batch(torch.zeros(16, 1, dtype=torch.long), torch.ones(16, 1, dtype=torch.bool),
+                                 xs[idx, None, :], torch.ones(16, 1, dtype=torch.bool), ys[idx], (), ())
+
+    loss = lambda m, b: {"mse": ((m(b) - b.targets) ** 2).mean()}  # noqa: E731
+    schedule = Schedule(epochs=4, lr=0.1, weight_decay=0.0, warmup=0.1, clip=1.0)
+
+    torch.manual_seed(1)
+    straight = Tiny()
+    fit(straight, batches, 4, loss, schedule, torch.device("cpu"))
+
+    torch.manual_seed(1)
+    interrupted = Tiny()
+    ckpt = tmp_path / "ckpt.pt"
+    steps = []
+
+    def crash_in_third_epoch():
+        steps.append(1)
+        if len(steps) == 9:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(interrupted, batches, 4, loss, schedule, torch.device("cpu"), checkpoint=ckpt,
+            on_step=crash_in_third_epoch)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1  # the last finished epoch
+    resumed = Tiny()
+    fit(resumed, batches, 4, loss, schedule, torch.device("cpu"), checkpoint=ckpt)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
