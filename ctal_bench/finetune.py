@@ -28,7 +28,7 @@ class Outcome:
     predictions: pd.DataFrame  # test split, per example (or per trial)
     timing: dict[str, float]
     parameters: int
-    extra: dict  # task-specific diagnostics, e.g. the emotion confusion matrix
+    extra: dict  # task diagnostics on test, e.g. the emotion confusion matrix
 
 
 def build_model(cfg: Config, data: TaskData) -> torch.nn.Module:
@@ -89,7 +89,6 @@ def finetune(cfg: Config, task_name: str, data: TaskData, pretrained: dict[str, 
     dev = collect(model, data.dev, f.batch_size, device, dev_trials)
     test = collect(model, data.test, f.batch_size, device, task.eval_trials(data.split, "test"))
     eval_seconds = time.perf_counter() - started
-    extra = {"confusion_matrix": task.confusion_matrix(test)} if hasattr(task, "confusion_matrix") else {}
     n_eval = len(data.dev) + len(data.test)
     return Outcome(
         metrics={"dev": task.evaluate(dev), "test": task.evaluate(test)},
@@ -99,7 +98,7 @@ def finetune(cfg: Config, task_name: str, data: TaskData, pretrained: dict[str, 
                 "train_audio_seconds_per_second": result.audio_frames * cfg.data.features.hop_ms / 1000
                 / max(result.train_seconds, 1e-9),
                 "eval_samples_per_second": n_eval / max(eval_seconds, 1e-9)},
-        parameters=sum(p.numel() for p in model.parameters()), extra=extra)
+        parameters=sum(p.numel() for p in model.parameters()), extra=task.diagnostics(test))
 
 
 def _losses(task: Task, model, batch) -> dict[str, torch.Tensor]:

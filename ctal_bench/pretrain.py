@@ -19,7 +19,7 @@ from ctal_bench.data.batching import Batch
 from ctal_bench.data.prepare import DataPipeline
 from ctal_bench.masking import mam_loss, mask_audio_spans, mask_tokens, mlm_loss
 from ctal_bench.registry import MODELS
-from ctal_bench.training import Schedule, _save, fit
+from ctal_bench.training import Schedule, fit, save_atomic
 
 # Model fields that only shape the fine-tuning head: variants differing in them share pre-training.
 FINETUNE_ONLY_FIELDS = ("head", "orthogonality_loss", "released_cosine")
@@ -76,7 +76,7 @@ def pretrained_weights(cfg: Config, data: DataPipeline, checkpoints: Path, devic
               "steps": result.steps, "train_seconds": result.train_seconds,
               "samples_per_second": result.samples / max(result.train_seconds, 1e-9), "reused": False}
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("head.")}
-    _save(path, {"model": weights, "record": record})
+    save_atomic(path, {"model": weights, "record": record})
     (checkpoints / f".pretrain-{key}.partial.pt").unlink(missing_ok=True)
     return weights, record
 

@@ -230,13 +230,14 @@ def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console) ->
 def summary_table(summary: Summary, title: str) -> Table:
     table = Table(title=title)
     for column in ("variant", "task", "fold", "seed", "status", "test metrics", "best epoch", "seconds"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "test metrics")
     cached = {cell.key for cell, _ in summary.skipped}
     for cell, record in summary.records:
         if record["status"] == FAILED:
             shown = record["traceback"].strip().splitlines()[-1]
         else:
-            shown = ", ".join(f"{name} {value:.3f}" for name, value in record["metrics"]["test"].items())
+            test = record["metrics"]["test"]
+            shown = ", ".join(f"{name} {test[name]:.3f}" for name in list(test)[:3])
         seconds = record.get("timing", {}).get("cell_seconds")
         table.add_row(cell.key.variant, cell.key.task, cell.key.fold, str(cell.key.seed),
                       record["status"] + (" (cached)" if cell.key in cached else ""), shown,

@@ -89,6 +89,10 @@ class Task(ABC):
         """The trials an evaluation split is scored on; none outside verification."""
         return ()
 
+    def diagnostics(self, outputs: EvalOutputs) -> dict:
+        """JSON-ready extras stored with a result (beyond ``metric_names``)."""
+        return {}
+
 
 def _example_table(outputs: EvalOutputs, prediction: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"uid": list(outputs.uids), "speaker": list(outputs.speakers),
@@ -123,6 +127,9 @@ class EmotionTask(Task):
     def evaluate(self, outputs: EvalOutputs) -> dict[str, float]:
         return classification_metrics(outputs.targets.astype(np.int64),
                                       self._predicted_classes(outputs), len(EMOTIONS))
+
+    def diagnostics(self, outputs: EvalOutputs) -> dict:
+        return {"confusion_matrix": self.confusion_matrix(outputs)}
 
     def confusion_matrix(self, outputs: EvalOutputs) -> list[list[int]]:
         """Counts as nested lists (JSON-ready); row = true class, column = predicted, EMOTIONS order."""

@@ -120,7 +120,7 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], steps_per_e
         result.curve.append(row)
 
         if checkpoint is not None:
-            _save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            save_atomic(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "rng": torch.get_rng_state(), "epoch": epoch,
                                "result": dataclasses.asdict(result), "best_state": best_state,
                                "since_best": since_best})
@@ -133,7 +133,7 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], steps_per_e
     return result
 
 
-def _save(path: Path, state: dict) -> None:
+def save_atomic(path: Path, state: dict) -> None:
     """Atomic torch.save: a crash mid-write never leaves a truncated checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
