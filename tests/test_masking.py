@@ -158,7 +158,6 @@ def test_mam_rejects_bad_arguments():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_masks_from_a_cpu_generator_are_the_same_on_cuda():
     audio, mask = audio_batch(realistic_lengths(8, seed=6))
     cpu = mask_audio_spans(audio, mask, 0.15, 20, 50, gen(1))

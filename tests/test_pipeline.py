@@ -154,3 +154,15 @@ def test_fit_resumes_from_its_checkpoint(tmp_path):
     fit(resumed, batches, 4, loss, schedule, torch.device("cpu"), checkpoint=ckpt)
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_smoke_pipeline_on_gpu_with_bf16(tmp_path, data_dir):
+    """The same tiny suite on CUDA (bf16 autocast inside the training loop)."""
+    results = tmp_path / "results"
+    proc = bench("run", "--suite", "smoke", "--results", str(results), *TINY, "--device", "cuda",
+                 data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = cells(results)
+    assert len(written) == 3 and all(r["status"] == "done" for r in written.values())
+    assert all(r["environment"]["device"] != "cpu" for r in written.values())
