@@ -228,8 +228,9 @@ def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console) ->
 
 
 def summary_table(summary: Summary, title: str) -> Table:
+    """One row per cell: its test metrics (first three), selected epoch and wall time."""
     table = Table(title=title)
-    for column in ("variant", "task", "fold", "seed", "status", "test metrics", "best epoch", "seconds"):
+    for column in ("cell", "status", "test metrics", "epoch", "s"):
         table.add_column(column, no_wrap=column != "test metrics")
     cached = {cell.key for cell, _ in summary.skipped}
     for cell, record in summary.records:
@@ -237,11 +238,12 @@ def summary_table(summary: Summary, title: str) -> Table:
             shown = record["traceback"].strip().splitlines()[-1]
         else:
             test = record["metrics"]["test"]
-            shown = ", ".join(f"{name} {test[name]:.3f}" for name in list(test)[:3])
+            shown = "  ".join(f"{name} {test[name]:.3f}" for name in list(test)[:3])
         seconds = record.get("timing", {}).get("cell_seconds")
-        table.add_row(cell.key.variant, cell.key.task, cell.key.fold, str(cell.key.seed),
-                      record["status"] + (" (cached)" if cell.key in cached else ""), shown,
-                      str(record.get("best_epoch", "-")), f"{seconds:.1f}" if seconds else "-")
+        k = cell.key
+        table.add_row(f"{k.variant} {k.task} f{k.fold} s{k.seed}",
+                      record["status"] + (" (cached)" if k in cached else ""), shown,
+                      str(record.get("best_epoch", "-")), f"{seconds:.0f}" if seconds else "-")
     return table
 
 
