@@ -10,6 +10,12 @@ REGISTERING_MODULES = (
     "ctal_bench.data.iemocap",
     "ctal_bench.data.mmsa",
     "ctal_bench.data.librispeech",
+    "baselines.text_only",
+    "baselines.audio_only",
+    "baselines.late_fusion",
+    "baselines.tfn",
+    "baselines.lmf",
+    "baselines.mult",
 )
 
 

@@ -14,7 +14,7 @@ from ctal_bench.config import Config, apply_overrides
 from ctal_bench.data import batching
 from ctal_bench.data.prepare import DataPipeline
 from ctal_bench.pretrain import pretrain_losses
-from ctal_bench.registry import MODELS
+from ctal_bench.registry import MODELS, TASKS
 from ctal_bench.training import Schedule, fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,3 +166,22 @@ def test_smoke_pipeline_on_gpu_with_bf16(tmp_path, data_dir):
     written = cells(results)
     assert len(written) == 3 and all(r["status"] == "done" for r in written.values())
     assert all(r["environment"]["device"] != "cpu" for r in written.values())
+
+
+@pytest.fixture(scope="module")
+def tiny_data(data_dir):
+    catalog.load()
+    return DataPipeline(data_dir, workers=1, progress=False)
+
+
+@pytest.mark.parametrize("task", ["emotion", "sentiment", "verification"])
+@pytest.mark.parametrize("model", ["ctal", "text_only", "audio_only", "late_fusion", "tfn", "lmf", "mult"])
+def test_every_model_runs_every_task_through_the_one_loop(tiny_data, model, task):
+    from ctal_bench.finetune import finetune
+
+    torch.set_num_threads(1)
+    cfg = apply_overrides(Config(), declarations.load().scales.get("smoke").overrides)
+    cfg = apply_overrides(cfg, ["data.size=tiny", "finetune.epochs=1", f"model.name={model}"])
+    outcome = finetune(cfg, task, tiny_data.task_data(cfg, task, "0"), None, torch.device("cpu"))
+    assert set(outcome.metrics["test"]) == set(TASKS.get(task).metric_names)
+    assert len(outcome.predictions) > 0 and outcome.parameters > 0

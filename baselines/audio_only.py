@@ -1,0 +1,40 @@
+"""Audio-only baseline: a small transformer over the acoustic frames, pooled, MLP head."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from baselines.common import MLPHead, TransformerEncoder, check_outputs, mean_max_pool, resolve_size
+from ctal_bench.config import ModelConfig
+from ctal_bench.data.batching import AUDIO_DIM, Batch
+from ctal_bench.models.base import ModelOutput
+from ctal_bench.registry import MODELS
+
+# The same widths as CTAL's audio stream at each size (ctal_bench/models/ctal.py); "base" is
+# CTAL-base's (Li et al. 2021: d 768, 12 heads, 6 layers, FFN 3072), without cross-attention.
+# Parameters at 4 outputs (no vocabulary).
+PRESETS: dict[str, dict[str, int]] = {
+    "mini": dict(d_model=64, n_heads=4, audio_layers=2, ffn_dim=256),  # 0.12M
+    "small": dict(d_model=192, n_heads=4, audio_layers=3, ffn_dim=768),  # 1.48M
+    "base": dict(d_model=768, n_heads=12, audio_layers=6, ffn_dim=3072),  # 44.4M
+}
+
+
+@MODELS.register("audio_only")
+class AudioOnly(nn.Module):
+    """Audio only: frame transformer, masked mean+max pooling, MLP head."""
+
+    presets = PRESETS
+
+    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
+        super().__init__()
+        check_outputs(vocab_size, n_outputs)
+        self.cfg, _ = resolve_size(cfg, PRESETS, "audio_only")
+        d = self.cfg.d_model
+        self.input_projection = nn.Linear(AUDIO_DIM, d)
+        self.encoder = TransformerEncoder(d, self.cfg.n_heads, self.cfg.ffn_dim, self.cfg.audio_layers,
+                                          self.cfg.dropout)
+        self.head = MLPHead(2 * d, d, n_outputs, self.cfg.dropout)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        hidden = self.encoder(self.input_projection(batch.audio), batch.audio_mask)  # (B, T, D)
+        return self.head(mean_max_pool(hidden, batch.audio_mask))

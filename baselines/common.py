@@ -1,0 +1,311 @@
+"""Pieces shared by the late-fusion baselines: size presets, masked pooling, encoders, heads.
+
+Every baseline takes the same ``Batch`` as CTAL (token ids with <s> first, 160-d acoustic
+frames, True-is-real masks) and returns a ``ModelOutput``. Padding never reaches a result:
+recurrent encoders run on packed sequences, attention uses key-padding masks, and pooling
+looks at real positions only. So an utterance gets the same output alone or inside any batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ctal_bench.config import ModelConfig
+from ctal_bench.data.text import SPECIAL_TOKENS
+from ctal_bench.errors import UserError
+from ctal_bench.models.base import ModelOutput
+
+# ModelConfig fields that size a model; 0 means "take the preset's value".
+SIZE_FIELDS = ("d_model", "n_heads", "text_layers", "audio_layers", "ffn_dim", "hidden", "rank")
+# CTAL's switches: a baseline has none of these parts, so a changed value would be ignored.
+CTAL_ONLY = ("head", "audio_causal", "orthogonality_loss", "released_cosine")
+
+
+# ---- sizes ---------------------------------------------------------------------------------------
+
+def resolve_size(cfg: ModelConfig, presets: dict[str, dict[str, int]],
+                 model: str) -> tuple[ModelConfig, dict[str, int]]:
+    """``cfg`` with its preset applied, and the preset's fixed widths that are not config fields.
+
+    A size field left at 0 takes the preset's value. A size field the model does not use must
+    stay 0, and CTAL's switches at their defaults: silently ignoring ``model.rank=8`` on a model
+    without a rank would mislabel a run.
+    """
+    if cfg.size not in presets:
+        close = difflib.get_close_matches(cfg.size, presets, n=2, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(presets)}"
+        raise UserError(f"unknown model.size {cfg.size!r} for {model}; {hint}")
+    preset = presets[cfg.size]
+    used = [k for k in SIZE_FIELDS if k in preset]
+    for key in SIZE_FIELDS:
+        value = getattr(cfg, key)
+        if value < 0:
+            raise UserError(f"model.{key} must be positive (0 = take it from the preset), got {value}")
+        if value and key not in preset:
+            raise UserError(f"model.{key}={value} is not used by {model}; "
+                            f"its size fields are {', '.join(f'model.{k}' for k in used)}")
+    default = ModelConfig()
+    for key in CTAL_ONLY:
+        if getattr(cfg, key) != getattr(default, key):
+            raise UserError(f"model.{key}={getattr(cfg, key)!r} is a CTAL switch; {model} has no such "
+                            f"part (leave it at {getattr(default, key)!r})")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise UserError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
+    resolved = dataclasses.replace(cfg, **{k: getattr(cfg, k) or preset[k] for k in used})
+    if "n_heads" in used and resolved.d_model % resolved.n_heads:
+        raise UserError(f"model.d_model {resolved.d_model} must be divisible by "
+                        f"model.n_heads {resolved.n_heads}")
+    fixed = {k: v for k, v in preset.items() if k not in SIZE_FIELDS}
+    return resolved, fixed
+
+
+def check_outputs(vocab_size: int, n_outputs: int) -> None:
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise UserError(f"vocabulary of {vocab_size} has no room beyond the "
+                        f"{len(SPECIAL_TOKENS)} special tokens (data.vocab_size)")
+    assert n_outputs >= 1, f"n_outputs must be at least 1, got {n_outputs}"
+
+
+def baseline_output(logits: torch.Tensor, embedding: torch.Tensor) -> ModelOutput:
+    """Baselines have no auxiliary loss: a zero scalar keeps the training loop uniform."""
+    return ModelOutput(logits=logits, embedding=embedding, aux_loss=logits.new_zeros(()))
+
+
+def append_one(z: torch.Tensor) -> torch.Tensor:
+    """(B, D) -> (B, D + 1) with a leading constant 1 (TFN's and LMF's [1 ; z])."""
+    return F.pad(z, (1, 0), value=1.0)
+
+
+# ---- masked pooling ------------------------------------------------------------------------------
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D), (B, T) bool -> (B, D): mean over the real positions only."""
+    weights = mask.to(x.dtype)[..., None]  # (B, T, 1)
+    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D), (B, T) bool -> (B, D): max over the real positions only."""
+    return x.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
+
+
+def mean_max_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) -> (B, 2D): [masked mean ; masked max]."""
+    return torch.cat([masked_mean(x, mask), masked_max(x, mask)], dim=-1)
+
+
+# ---- recurrent encoder ---------------------------------------------------------------------------
+
+class RecurrentEncoder(nn.Module):
+    """LSTM or GRU over packed sequences, so padding never enters the recurrence.
+
+    Returns the per-step outputs (B, T, directions * hidden), zero at padded steps, and the last
+    layer's final state (B, directions * hidden): the state after each sequence's own last real
+    step (and, backwards, after its first), never a padded "last timestep".
+    """
+
+    def __init__(self, input_dim: int, hidden: int, layers: int, cell: str = "lstm",
+                 bidirectional: bool = False, dropout: float = 0.0):
+        super().__init__()
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        # Inter-layer dropout only exists between stacked layers (PyTorch warns otherwise).
+        self.rnn = rnn(input_dim, hidden, num_layers=layers, batch_first=True,
+                       bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
+        self.directions = 2 if bidirectional else 1
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        T = x.shape[1]
+        lengths = mask.sum(dim=1).cpu()  # pack_padded_sequence wants lengths on the CPU
+        assert bool((lengths >= 1).all()), "every sequence needs at least one real step"
+        # The recurrence runs in float32 even under bf16 autocast: RNN kernels do not all take
+        # bf16, and a long recurrence in bf16 drifts.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            packed = pack_padded_sequence(x.float(), lengths, batch_first=True, enforce_sorted=False)
+            outputs, state = self.rnn(packed)
+        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=T)  # (B, T, dirs*H)
+        h_n = state[0] if isinstance(state, tuple) else state  # LSTM: (h_n, c_n); GRU: h_n
+        # h_n: (layers * dirs, B, H); the last `dirs` rows are the top layer's directions.
+        final = torch.cat(list(h_n[-self.directions:]), dim=-1)  # (B, dirs*H)
+        return outputs, final
+
+
+# ---- transformer encoder (MulT's pre-LN layer) ---------------------------------------------------
+
+def sinusoidal_positions(length: int, dim: int, device: torch.device) -> torch.Tensor:
+    """(length, dim) fixed sine/cosine positions (Vaswani et al. 2017); no maximum length."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, device=device) / max(half - 1, 1))
+    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * frequencies  # (L, half)
+    table = torch.cat([angles.sin(), angles.cos()], dim=-1)  # (L, 2 * half)
+    return F.pad(table, (0, dim - 2 * half))  # an odd dim gets one zero column
+
+
+class Attention(nn.Module):
+    """Multi-head attention of ``x`` over ``source`` with a key-padding mask and no causal mask.
+
+    ``key_mask`` is (B, S) bool, True = a real key. Every row must have a real key: attention
+    over no key is undefined (every utterance has at least <s> and one frame).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        assert d_model % n_heads == 0, f"d_model {d_model} is not divisible by n_heads {n_heads}"
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.query = nn.Linear(d_model, d_model)
+        self.key = nn.Linear(d_model, d_model)
+        self.value = nn.Linear(d_model, d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        return x.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, heads, T, head_dim)
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        q = self._split_heads(self.query(x))
+        k = self._split_heads(self.key(source))
+        v = self._split_heads(self.value(source))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :],  # (B, 1, 1, S)
+                                           dropout_p=self.dropout if self.training else 0.0)
+        B, _, T, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
+
+
+class TransformerLayer(nn.Module):
+    """Pre-LN layer as in MulT (Tsai et al. 2019): x + attn(LN(x), LN(source)), x + FFN(LN(x)).
+
+    Self-attention when called without ``source``; cross-modal attention (queries from ``x``,
+    keys and values from the other modality) with it. MulT normalises both inputs with one shared
+    LayerNorm; the two modalities have different statistics, so the source gets its own.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float, cross: bool):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(d_model)
+        self.source_norm = nn.LayerNorm(d_model) if cross else None
+        self.attn = Attention(d_model, n_heads, dropout)
+        self.ffn_norm = nn.LayerNorm(d_model)
+        self.up = nn.Linear(d_model, ffn_dim)
+        self.down = nn.Linear(ffn_dim, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, source: torch.Tensor | None = None,
+                source_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.attn_norm(x)
+        if self.source_norm is None:
+            attended = self.attn(h, h, mask)
+        else:
+            attended = self.attn(h, self.source_norm(source), source_mask)
+        x = x + self.dropout(attended)
+        h = self.dropout(F.relu(self.up(self.ffn_norm(x))))
+        return x + self.dropout(self.down(h))
+
+
+class TransformerEncoder(nn.Module):
+    """MulT's encoder: scale by sqrt(d), add sinusoidal positions, dropout, layers, final LN.
+
+    With ``cross=True`` each layer attends from ``x`` to ``source`` (which gets the same scaling
+    and positions); otherwise it is a plain self-attention encoder.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, ffn_dim: int, layers: int, dropout: float,
+                 cross: bool = False):
+        super().__init__()
+        self.scale = math.sqrt(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(TransformerLayer(d_model, n_heads, ffn_dim, dropout, cross)
+                                    for _ in range(layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        positions = sinusoidal_positions(x.shape[1], x.shape[2], x.device)  # (T, D)
+        return self.dropout(self.scale * x + positions.to(x.dtype))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, source: torch.Tensor | None = None,
+                source_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self._embed(x)
+        source = None if source is None else self._embed(source)
+        for layer in self.layers:
+            x = layer(x, mask, source, source_mask)
+        return self.norm(x)
+
+
+# ---- heads ---------------------------------------------------------------------------------------
+
+class MLPHead(nn.Module):
+    """Dropout -> Linear -> ReLU -> dropout -> Linear -> ReLU = the embedding; Linear -> logits.
+
+    The post-fusion network of TFN and LF-DNN (two ReLU layers, then the output layer).
+    """
+
+    def __init__(self, input_dim: int, width: int, n_outputs: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.layer_1 = nn.Linear(input_dim, width)
+        self.layer_2 = nn.Linear(width, width)
+        self.classifier = nn.Linear(width, n_outputs)
+
+    def forward(self, z: torch.Tensor) -> ModelOutput:
+        h = F.relu(self.layer_1(self.dropout(z)))
+        embedding = F.relu(self.layer_2(self.dropout(h)))
+        return baseline_output(self.classifier(embedding), embedding)
+
+
+class SubNet(nn.Module):
+    """TFN/LMF's pre-fusion subnetwork: norm -> dropout -> three Linear + ReLU layers.
+
+    The reference code computes the dropout and then feeds the *un-dropped* tensor to the first
+    layer; here the dropped tensor goes on. LayerNorm replaces their BatchNorm so that no output
+    depends on the other examples in a batch.
+    """
+
+    def __init__(self, input_dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(input_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.Sequential(nn.Linear(input_dim, hidden), nn.ReLU(),
+                                    nn.Linear(hidden, hidden), nn.ReLU(),
+                                    nn.Linear(hidden, hidden), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.dropout(self.norm(x)))
+
+
+class TextSubNet(nn.Module):
+    """TFN/LMF's text subnetwork: token embedding -> LSTM (packed) -> final state -> dropout -> Linear."""
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden: int, layers: int, out_dim: int,
+                 dropout: float):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = RecurrentEncoder(embed_dim, hidden, layers, cell="lstm", dropout=dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.projection = nn.Linear(hidden, out_dim)
+
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        _, final = self.lstm(self.token_embedding(tokens), token_mask)  # (B, hidden)
+        return self.projection(self.dropout(final))
+
+
+class AudioSubNet(nn.Module):
+    """Audio subnetwork for TFN/LMF: per-frame Linear + ReLU, masked mean and max, then SubNet.
+
+    TFN and LMF average the acoustic features over time and feed the mean to SubNet. Our
+    features are mean/variance normalised per utterance, so their time average is zero for every
+    utterance: the frames are lifted through a non-linearity before pooling instead.
+    """
+
+    def __init__(self, input_dim: int, frame_dim: int, out_dim: int, dropout: float):
+        super().__init__()
+        self.frame_projection = nn.Linear(input_dim, frame_dim)
+        self.subnet = SubNet(2 * frame_dim, out_dim, dropout)
+
+    def forward(self, audio: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
+        frames = F.relu(self.frame_projection(audio))  # (B, T, frame_dim)
+        return self.subnet(mean_max_pool(frames, audio_mask))  # (B, out_dim)

@@ -1,0 +1,43 @@
+"""Text-only baseline: a small transformer over the transcript's tokens, pooled, MLP head."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from baselines.common import MLPHead, TransformerEncoder, check_outputs, mean_max_pool, resolve_size
+from ctal_bench.config import ModelConfig
+from ctal_bench.data.batching import Batch
+from ctal_bench.models.base import ModelOutput
+from ctal_bench.registry import MODELS
+
+# The same widths as one stream of CTAL at each size (ctal_bench/models/ctal.py), so that the
+# comparison isolates the audio stream and the cross-modal part; "base" is CTAL-base's text
+# stream (Li et al. 2021: d 768, 12 heads, 6 layers, FFN 3072). Parameters at vocab 1,000 /
+# 30,000, 4 outputs (``bench.py list models`` recounts them).
+PRESETS: dict[str, dict[str, int]] = {
+    "mini": dict(d_model=64, n_heads=4, text_layers=2, ffn_dim=256),  # 0.18M / 2.03M
+    "small": dict(d_model=192, n_heads=4, text_layers=3, ffn_dim=768),  # 1.64M / 7.21M
+    "base": dict(d_model=768, n_heads=12, text_layers=6, ffn_dim=3072),  # 45.1M / 67.3M
+}
+
+
+@MODELS.register("text_only")
+class TextOnly(nn.Module):
+    """Transcript only: token transformer, masked mean+max pooling, MLP head."""
+
+    presets = PRESETS
+
+    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
+        super().__init__()
+        check_outputs(vocab_size, n_outputs)
+        self.cfg, _ = resolve_size(cfg, PRESETS, "text_only")
+        d = self.cfg.d_model
+        self.token_embedding = nn.Embedding(vocab_size, d)
+        # The encoder scales its input by sqrt(d) (as MulT/fairseq do), so unit-variance rows.
+        nn.init.normal_(self.token_embedding.weight, std=d ** -0.5)
+        self.encoder = TransformerEncoder(d, self.cfg.n_heads, self.cfg.ffn_dim, self.cfg.text_layers,
+                                          self.cfg.dropout)
+        self.head = MLPHead(2 * d, d, n_outputs, self.cfg.dropout)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        hidden = self.encoder(self.token_embedding(batch.tokens), batch.token_mask)  # (B, L, D)
+        return self.head(mean_max_pool(hidden, batch.token_mask))
