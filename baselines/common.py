@@ -20,6 +20,7 @@ from ctal_bench.config import ModelConfig
 from ctal_bench.data.text import SPECIAL_TOKENS
 from ctal_bench.errors import UserError
 from ctal_bench.models.base import ModelOutput
+from ctal_bench.models.ctal import MultiHeadAttention
 
 # ModelConfig fields that size a model; 0 means "take the preset's value".
 SIZE_FIELDS = ("d_model", "n_heads", "text_layers", "audio_layers", "ffn_dim", "hidden", "rank")
@@ -146,37 +147,6 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device) -> torch.T
     return F.pad(table, (0, dim - 2 * half))  # an odd dim gets one zero column
 
 
-class Attention(nn.Module):
-    """Multi-head attention of ``x`` over ``source`` with a key-padding mask and no causal mask.
-
-    ``key_mask`` is (B, S) bool, True = a real key. Every row must have a real key: attention
-    over no key is undefined (every utterance has at least <s> and one frame).
-    """
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
-        super().__init__()
-        assert d_model % n_heads == 0, f"d_model {d_model} is not divisible by n_heads {n_heads}"
-        self.n_heads = n_heads
-        self.dropout = dropout
-        self.query = nn.Linear(d_model, d_model)
-        self.key = nn.Linear(d_model, d_model)
-        self.value = nn.Linear(d_model, d_model)
-        self.out = nn.Linear(d_model, d_model)
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
-        return x.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, heads, T, head_dim)
-
-    def forward(self, x: torch.Tensor, source: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        q = self._split_heads(self.query(x))
-        k = self._split_heads(self.key(source))
-        v = self._split_heads(self.value(source))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :],  # (B, 1, 1, S)
-                                           dropout_p=self.dropout if self.training else 0.0)
-        B, _, T, _ = y.shape
-        return self.out(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
-
-
 class TransformerLayer(nn.Module):
     """Pre-LN layer as in MulT (Tsai et al. 2019): x + attn(LN(x), LN(source)), x + FFN(LN(x)).
 
@@ -189,7 +159,7 @@ class TransformerLayer(nn.Module):
         super().__init__()
         self.attn_norm = nn.LayerNorm(d_model)
         self.source_norm = nn.LayerNorm(d_model) if cross else None
-        self.attn = Attention(d_model, n_heads, dropout)
+        self.attn = MultiHeadAttention(d_model, n_heads, dropout)  # key padding, no causal mask
         self.ffn_norm = nn.LayerNorm(d_model)
         self.up = nn.Linear(d_model, ffn_dim)
         self.down = nn.Linear(ffn_dim, d_model)
@@ -199,9 +169,9 @@ class TransformerLayer(nn.Module):
                 source_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.attn_norm(x)
         if self.source_norm is None:
-            attended = self.attn(h, h, mask)
+            attended = self.attn(h, mask)
         else:
-            attended = self.attn(h, self.source_norm(source), source_mask)
+            attended = self.attn(h, source_mask, memory=self.source_norm(source))
         x = x + self.dropout(attended)
         h = self.dropout(F.relu(self.up(self.ffn_norm(x))))
         return x + self.dropout(self.down(h))
