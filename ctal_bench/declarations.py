@@ -1,6 +1,8 @@
 """Ablations, suites and scales declared as TOML tables in ablations/*.toml.
 
-Any file may hold any of ``[ablation.NAME]``, ``[suite.NAME]`` and ``[scale.NAME]``. Every entry
+Any file may hold any of ``[ablation.NAME]``, ``[suite.NAME]``, ``[scale.NAME]`` and
+``[model.NAME]`` (a registered model's own training settings, e.g. a baseline's published
+learning rate). Every entry
 is validated on load: an unknown key, an unknown model, task or dataset, or an override of a
 config key that does not exist is a UserError naming the file and the entry. Nothing is skipped
 silently.
@@ -49,6 +51,14 @@ class Ablation:
 
 
 @dataclass(frozen=True)
+class ModelSettings:
+    name: str  # a registered model
+    summary: str
+    source: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Scale:
     name: str
     summary: str
@@ -79,14 +89,16 @@ class Declarations:
     ablations: Registry
     suites: Registry
     scales: Registry
+    models: Registry  # ModelSettings by model name; a model without an entry uses the defaults
 
 
 _KEYS = {
     "ablation": {"summary", "version", "model", "drop", "set", "sweep", "values", "extends"},
     "suite": {"summary", "version", "models", "ablations", "tasks", "datasets", "seeds", "scale", "set"},
     "scale": {"summary", "set"},
+    "model": {"summary", "set"},
 }
-_REQUIRED = {"ablation": {"summary"}, "suite": {"summary", "tasks"}, "scale": {"summary"}}
+_REQUIRED = {"ablation": {"summary"}, "suite": {"summary", "tasks"}, "scale": {"summary"}, "model": {"summary"}}
 
 
 def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -154,7 +166,7 @@ def load(directory: Path | None = None) -> Declarations:
     for path in files:
         for kind, entries in load_toml(path).items():
             if kind not in _KEYS:
-                raise UserError(f"{path}: unknown table [{kind}]; expected ablation, suite or scale")
+                raise UserError(f"{path}: unknown table [{kind}]; expected ablation, suite, scale or model")
             if not isinstance(entries, dict):
                 raise UserError(f"{path}: [{kind}] must hold named entries like [{kind}.NAME]")
             for name, body in entries.items():
@@ -166,6 +178,12 @@ def load(directory: Path | None = None) -> Declarations:
     scales = Registry("scale")
     for name, e in raw["scale"].items():
         scales.add(name, Scale(name, e.get("summary", str), e.source, e.overrides(e.get("set", dict, {}))))
+
+    models = Registry("model settings")
+    for name, e in raw["model"].items():
+        if name not in MODELS:
+            e.fail(MODELS.unknown_message(name))
+        models.add(name, ModelSettings(name, e.get("summary", str), e.source, e.overrides(e.get("set", dict, {}))))
 
     ablations = Registry("ablation")
     for name, e in raw["ablation"].items():
@@ -191,7 +209,7 @@ def load(directory: Path | None = None) -> Declarations:
             models=e.names("models", MODELS, ("ctal",)), ablations=e.names("ablations", ablations, ()),
             tasks=e.names("tasks", TASKS, ()), datasets=dict(datasets), seeds=seeds, scale=scale,
             overrides=e.overrides(e.get("set", dict, {}))))
-    return Declarations(ablations, suites, scales)
+    return Declarations(ablations, suites, scales, models)
 
 
 def _ablation(e: _Entry, all_entries: dict[str, _Entry]) -> Ablation:

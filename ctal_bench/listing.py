@@ -30,11 +30,14 @@ def _millions(n: int) -> str:
 def table(what: str, ablations_dir: Path | None = None) -> Table:
     catalog.load()
     if what == "models":
-        t = Table("model", "sizes (parameters; vocab 1000, 4 outputs)", "summary", title="models")
+        settings = declarations.load(ablations_dir).models
+        t = Table("model", "sizes (parameters; vocab 1000, 4 outputs)", "summary", "own settings",
+                  title="models")
         for name in MODELS:
             cls = MODELS.get(name)
             sizes = ", ".join(f"{size} {_millions(parameter_count(cls, size))}" for size in cls.presets)
-            t.add_row(name, sizes, _first_line(cls))
+            own = settings.get(name).summary if name in settings else "-"
+            t.add_row(name, sizes, _first_line(cls), own)
         return t
     if what == "datasets":
         t = Table("dataset", "tasks", "pre-training corpus", "summary", title="datasets")

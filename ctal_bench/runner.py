@@ -104,10 +104,13 @@ def request_from_args(args, decl: Declarations, suite: Suite, variants: list[Var
 
 
 def cell_config(decl: Declarations, suite: Suite, request: Request, variant: Variant, task: str, seed: int) -> Config:
-    """Defaults <- scale <- suite <- variant <- --set, then the cell's own coordinates."""
+    """Defaults <- scale <- the model's own settings <- suite <- variant <- --set, then the
+    cell's own coordinates."""
     cfg = Config()
     if request.scale:
         cfg = apply_overrides(cfg, decl.scales.get(request.scale).overrides)
+    if variant.model in decl.models:
+        cfg = apply_overrides(cfg, decl.models.get(variant.model).overrides)
     cfg = apply_overrides(cfg, suite.overrides)
     cfg = apply_overrides(cfg, variant.overrides)
     cfg = apply_overrides(cfg, list(request.overrides))

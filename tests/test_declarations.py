@@ -40,6 +40,8 @@ def write(tmp_path, text):
     ('[suite.bad]\nsummary = "x"\ntasks = ["emotion"]\nablations = ["no_such"]\n', r"\[suite.bad\]: unknown ablation"),
     ('[suite.bad]\nsummary = "x"\ntasks = ["emotion"]\nseeds = 0\n', r"\[suite.bad\]: key 'seeds'"),
     ('[widget.bad]\nsummary = "x"\n', r"unknown table \[widget\]"),
+    ('[model.nosuchmodel]\nsummary = "x"\n', r"\[model.nosuchmodel\]: unknown model 'nosuchmodel'"),
+    ('[model.ctal]\nsummary = "x"\nset = { "finetune.lrr" = 1 }\n', r"\[model.ctal\]: unknown config key 'finetune.lrr'"),
     ('[ablation.bad\nsummary = "x"\n', "not valid TOML"),
 ])
 def test_malformed_declarations_name_file_and_entry(tmp_path, body, message):
@@ -65,3 +67,18 @@ def test_extends_one_level(tmp_path):
                     '[ablation.child]\nsummary = "c"\nextends = "base0"\nset = { "model.audio_causal" = true }\n')
     child = declarations.load(tmp_path).ablations.get("child")
     assert child.overrides == {"model.head": "concat", "model.audio_causal": True}
+
+
+def test_model_settings_apply_after_the_scale_and_before_overrides():
+    from ctal_bench.declarations import Variant
+    from ctal_bench.runner import Request, cell_config
+
+    decl = declarations.load()
+    suite = decl.suites.get("paper")
+    request = Request("paper", (), ("emotion",), (0,), "smoke", ("finetune.epochs=3",))
+    tfn = cell_config(decl, suite, request, Variant("tfn", "tfn"), "emotion", 0)
+    ctal = cell_config(decl, suite, request, Variant("ctal", "ctal"), "emotion", 0)
+    assert tfn.finetune.batch_size == 32 and tfn.finetune.weight_decay == 0.0  # tfn's own entry
+    assert ctal.finetune.batch_size == 16  # the smoke scale
+    assert tfn.model.size == ctal.model.size == "mini"  # sizes come from the scale
+    assert tfn.finetune.epochs == ctal.finetune.epochs == 3  # --set wins
