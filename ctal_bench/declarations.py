@@ -51,15 +51,10 @@ class Ablation:
 
 
 @dataclass(frozen=True)
-class ModelSettings:
-    name: str  # a registered model
-    summary: str
-    source: Path
-    overrides: dict[str, Any] = field(default_factory=dict)
+class Settings:
+    """Named config overrides: a scale (sizes models, data and training together) or a
+    model's own training settings."""
 
-
-@dataclass(frozen=True)
-class Scale:
     name: str
     summary: str
     source: Path
@@ -89,7 +84,7 @@ class Declarations:
     ablations: Registry
     suites: Registry
     scales: Registry
-    models: Registry  # ModelSettings by model name; a model without an entry uses the defaults
+    models: Registry  # Settings by model name; a model without an entry uses the defaults
 
 
 _KEYS = {
@@ -177,13 +172,13 @@ def load(directory: Path | None = None) -> Declarations:
 
     scales = Registry("scale")
     for name, e in raw["scale"].items():
-        scales.add(name, Scale(name, e.get("summary", str), e.source, e.overrides(e.get("set", dict, {}))))
+        scales.add(name, Settings(name, e.get("summary", str), e.source, e.overrides(e.get("set", dict, {}))))
 
     models = Registry("model settings")
     for name, e in raw["model"].items():
         if name not in MODELS:
             e.fail(MODELS.unknown_message(name))
-        models.add(name, ModelSettings(name, e.get("summary", str), e.source, e.overrides(e.get("set", dict, {}))))
+        models.add(name, Settings(name, e.get("summary", str), e.source, e.overrides(e.get("set", dict, {}))))
 
     ablations = Registry("ablation")
     for name, e in raw["ablation"].items():
