@@ -58,9 +58,10 @@ class Dataset(ABC):
         if not self.root.is_dir():
             raise UserError(f"{self.root}: dataset directory for {self.name!r} does not exist")
 
-    @abstractmethod
     def folds(self, task: str) -> tuple[str, ...]:
-        """Fold names for a task (one fold where the source has fixed splits)."""
+        """Fold names for a task; a source with fixed splits has the one fold "0"."""
+        self.check_task(task)
+        return ("0",)
 
     @abstractmethod
     def split(self, task: str, fold: str, seed: int) -> Split:
@@ -69,6 +70,11 @@ class Dataset(ABC):
     def pretraining(self) -> tuple[Example, ...]:
         """Unlabelled audio-transcript pairs for pre-training."""
         raise UserError(f"dataset {self.name!r} has no pre-training corpus")
+
+    def check_fold(self, task: str, fold: str) -> None:
+        folds = self.folds(task)
+        if fold not in folds:
+            raise UserError(f"dataset {self.name!r} has no fold {fold!r} for {task}; folds: {', '.join(folds)}")
 
     def check_task(self, task: str) -> None:
         if task not in self.tasks:

@@ -165,9 +165,7 @@ class IEMOCAP(Dataset):
         return SESSIONS
 
     def split(self, task: str, fold: str, seed: int) -> Split:
-        self.check_task(task)
-        if fold not in SESSIONS:
-            raise UserError(f"iemocap has no fold {fold!r}; folds are {', '.join(SESSIONS)}")
+        self.check_fold(task, fold)
         training_sessions = [s for s in SESSIONS if s != fold]
         # Seeded per (seed, fold) so the dev session varies across folds for one seed.
         rng = np.random.default_rng([seed, SESSIONS.index(fold)])

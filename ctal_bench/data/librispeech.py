@@ -33,7 +33,6 @@ from ctal_bench.data.trials import build_trials, max_balanced_trials, read_trial
 from ctal_bench.errors import DataError, UserError
 from ctal_bench.registry import DATASETS
 
-FOLD = "0"
 TRIALS_FILE = "trials.txt"
 
 
@@ -117,14 +116,8 @@ class LibriSpeech(Dataset):
     def pretraining(self) -> tuple[Example, ...]:
         return self._in_splits("train")
 
-    def folds(self, task: str) -> tuple[str, ...]:
-        self.check_task(task)
-        return (FOLD,)
-
     def split(self, task: str, fold: str, seed: int) -> Split:
-        self.check_task(task)
-        if fold != FOLD:
-            raise UserError(f"librispeech has one fold, {FOLD!r}; got {fold!r}")
+        self.check_fold(task, fold)
         training = self._in_splits("train")
         speakers = sorted({e.speaker for e in training})
         n_dev = max(2, round(self.dev_fraction * len(speakers)))

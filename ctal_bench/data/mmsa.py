@@ -21,7 +21,6 @@ from ctal_bench.registry import DATASETS
 REQUIRED_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
 MODE_TO_PART = {"train": "train", "valid": "dev", "test": "test"}
 AUDIO_SUFFIXES = (".wav", ".flac")
-FOLD = "0"
 
 
 class MMSADataset(Dataset):
@@ -96,15 +95,9 @@ class MMSADataset(Dataset):
                           speaker=video_id, sentiment=label)
         return example, MODE_TO_PART[mode]
 
-    def folds(self, task: str) -> tuple[str, ...]:
-        self.check_task(task)
-        return (FOLD,)
-
     def split(self, task: str, fold: str, seed: int) -> Split:
         """The fixed MMSA split; ``seed`` has nothing to choose here."""
-        self.check_task(task)
-        if fold != FOLD:
-            raise UserError(f"{self.name} has one fold, {FOLD!r}; got {fold!r}")
+        self.check_fold(task, fold)
         return Split(train=self.parts["train"], dev=self.parts["dev"], test=self.parts["test"])
 
 

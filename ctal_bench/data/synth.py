@@ -700,13 +700,8 @@ class SynthDataset(Dataset):
                        speaker=row["speaker"], emotion=row["emotion"] if labelled else None,
                        sentiment=row["sentiment"] if labelled else None)
 
-    def folds(self, task: str) -> tuple[str, ...]:
-        self.check_task(task)
-        return ("0",)
-
     def split(self, task: str, fold: str, seed: int) -> Split:
-        if fold not in self.folds(task):
-            raise UserError(f"dataset 'synth' has no fold {fold!r} for {task}; it has fold '0'")
+        self.check_fold(task, fold)
         if task == "verification":
             # Train = speaker classification on the fine-tuning train speakers; dev trials come
             # from the dev speakers, test trials from the held-out verification speakers.
