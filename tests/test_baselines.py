@@ -9,8 +9,9 @@ import torch
 
 from baselines.common import SubNet, TextSubNet, masked_max, masked_mean, resolve_size
 from ctal_bench.config import ModelConfig
+from batches import random_batch
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.data.text import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS
+from ctal_bench.data.text import SPECIAL_TOKENS
 from ctal_bench.errors import UserError
 from ctal_bench.listing import parameter_count
 from ctal_bench.optim import adamw
@@ -33,19 +34,8 @@ def make_model(name: str, n_outputs: int = 4, seed: int = 0, **changes) -> torch
     return MODELS.get(name)(cfg, n_outputs, VOCAB).eval()
 
 
-def make_batch(seed: int = 0, token_lengths=TOKEN_LENGTHS, frame_lengths=FRAME_LENGTHS,
-               targets: torch.Tensor | None = None) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    B, L, T = len(token_lengths), max(token_lengths), max(frame_lengths)
-    token_mask = torch.arange(L) < torch.tensor(token_lengths)[:, None]
-    audio_mask = torch.arange(T) < torch.tensor(frame_lengths)[:, None]
-    tokens = torch.randint(len(SPECIAL_TOKENS), VOCAB, (B, L), generator=g)
-    tokens[:, 0] = CLS_ID
-    tokens[torch.arange(B), torch.tensor(token_lengths) - 1] = SEP_ID
-    tokens[~token_mask] = PAD_ID
-    audio = torch.randn(B, T, AUDIO_DIM, generator=g) * audio_mask[..., None]
-    return Batch(tokens, token_mask, audio, audio_mask, targets,
-                 uids=tuple(f"u{i}" for i in range(B)), speakers=tuple(f"s{i}" for i in range(B)))
+def make_batch(seed: int = 0, token_lengths=TOKEN_LENGTHS, frame_lengths=FRAME_LENGTHS) -> Batch:
+    return random_batch(VOCAB, token_lengths, frame_lengths, seed)
 
 
 def select(batch: Batch, rows: list[int]) -> Batch:

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from ctal_bench.config import ModelConfig
+from batches import random_batch
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.data.text import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS
+from ctal_bench.data.text import SPECIAL_TOKENS
 from ctal_bench.errors import UserError
 from ctal_bench.models.ctal import CTAL, PRESETS, resolve_size
 from ctal_bench.optim import adamw
@@ -28,18 +29,7 @@ def make_model(seed: int = 0, n_outputs: int = N_OUT, **changes) -> CTAL:
 
 
 def make_batch(seed: int = 0, token_lengths=TOKEN_LENGTHS, frame_lengths=FRAME_LENGTHS) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    B, L, T = len(token_lengths), max(token_lengths), max(frame_lengths)
-    token_mask = torch.arange(L) < torch.tensor(token_lengths)[:, None]
-    audio_mask = torch.arange(T) < torch.tensor(frame_lengths)[:, None]
-    tokens = torch.randint(len(SPECIAL_TOKENS), VOCAB, (B, L), generator=g)
-    tokens[:, 0] = CLS_ID
-    tokens[torch.arange(B), torch.tensor(token_lengths) - 1] = SEP_ID
-    tokens[~token_mask] = PAD_ID
-    audio = torch.randn(B, T, AUDIO_DIM, generator=g) * audio_mask[..., None]
-    targets = torch.randint(0, N_OUT, (B,), generator=g)
-    return Batch(tokens, token_mask, audio, audio_mask, targets,
-                 uids=tuple(f"u{i}" for i in range(B)), speakers=tuple(f"s{i}" for i in range(B)))
+    return random_batch(VOCAB, token_lengths, frame_lengths, seed, n_classes=N_OUT)
 
 
 def streams(model: CTAL, batch: Batch, cross_attention: bool = True):
