@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from baselines.common import MLPHead, TransformerEncoder, check_outputs, mean_max_pool, resolve_size
+from baselines.common import CTAL_ONLY, MLPHead, TransformerEncoder, check_outputs, mean_max_pool, resolve_size
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.models.base import ModelOutput
@@ -24,6 +24,7 @@ class AudioOnly(nn.Module):
     """Audio only: frame transformer, masked mean+max pooling, MLP head."""
 
     presets = PRESETS
+    unused_fields = CTAL_ONLY
 
     def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
         super().__init__()

@@ -25,7 +25,7 @@ from ctal_bench.models.ctal import MultiHeadAttention
 # ModelConfig fields that size a model; 0 means "take the preset's value".
 SIZE_FIELDS = ("d_model", "n_heads", "text_layers", "audio_layers", "ffn_dim", "hidden", "rank")
 # CTAL's switches: a baseline has none of these parts, so a changed value would be ignored.
-CTAL_ONLY = ("head", "audio_causal", "orthogonality_loss", "released_cosine")
+CTAL_ONLY = ("head", "audio_causal", "orthogonality_weight", "released_cosine")
 
 
 # ---- sizes ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from baselines.common import MLPHead, RecurrentEncoder, check_outputs, mean_max_pool, resolve_size
+from baselines.common import CTAL_ONLY, MLPHead, RecurrentEncoder, check_outputs, mean_max_pool, resolve_size
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.models.base import ModelOutput
@@ -32,6 +32,7 @@ class LateFusion(nn.Module):
     """Late fusion (LF-DNN / MultiBench): BiGRU per modality, mean+max pooled, concatenated, MLP."""
 
     presets = PRESETS
+    unused_fields = CTAL_ONLY
 
     def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
         super().__init__()

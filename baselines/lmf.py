@@ -13,8 +13,8 @@ import math
 import torch
 import torch.nn as nn
 
-from baselines.common import (AudioSubNet, TextSubNet, append_one, baseline_output, check_outputs,
-                              resolve_size)
+from baselines.common import (CTAL_ONLY, AudioSubNet, TextSubNet, append_one, baseline_output,
+                              check_outputs, resolve_size)
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.models.base import ModelOutput
@@ -68,6 +68,7 @@ class LMF(nn.Module):
     """Low-rank Multimodal Fusion: TFN's subnetworks, rank-r modality factors instead of the tensor."""
 
     presets = PRESETS
+    unused_fields = CTAL_ONLY
 
     def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
         super().__init__()

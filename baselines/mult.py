@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.common import TransformerEncoder, baseline_output, check_outputs, masked_mean, resolve_size
+from baselines.common import CTAL_ONLY, TransformerEncoder, baseline_output, check_outputs, masked_mean, resolve_size
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.models.base import ModelOutput
@@ -60,6 +60,7 @@ class MulT(nn.Module):
     """Multimodal Transformer: cross-modal attention both ways, self-attention memories, residual MLP."""
 
     presets = PRESETS
+    unused_fields = CTAL_ONLY
 
     def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
         super().__init__()

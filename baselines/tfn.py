@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from baselines.common import AudioSubNet, MLPHead, TextSubNet, append_one, check_outputs, resolve_size
+from baselines.common import CTAL_ONLY, AudioSubNet, MLPHead, TextSubNet, append_one, check_outputs, resolve_size
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.models.base import ModelOutput
@@ -33,6 +33,7 @@ class TFN(nn.Module):
     """Tensor Fusion Network: LSTM text and pooled-MLP audio vectors, outer product, MLP."""
 
     presets = PRESETS
+    unused_fields = CTAL_ONLY
 
     def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
         super().__init__()

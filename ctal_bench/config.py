@@ -38,7 +38,9 @@ class ModelConfig:
     max_audio_frames: int = 3000
     audio_causal: bool = False  # True reproduces the released code's causal audio self-attention
     head: str = "fusion"  # fusion | concat | text | audio
-    orthogonality_loss: bool = True
+    # Weight of the fusion head's orthogonality loss (the paper: 1; 0 = off). Its gradient
+    # scales as 1/|pooled vector| ~ 1/sqrt(d_model), so small models need a smaller weight.
+    orthogonality_weight: float = 1.0
     released_cosine: bool = False  # True reproduces the released code's double audio-norm division
 
 
@@ -55,7 +57,7 @@ class FeatureConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synth"
-    size: str = "default"  # synth only: smoke | default | large
+    size: str = "default"  # synth only: tiny | default | large
     fold: str = ""  # "" = every fold of the task
     pretrain_dataset: str = ""  # "" = the task's dataset when it has a pre-training corpus
     vocab_size: int = 1000  # 30,000 at paper scale

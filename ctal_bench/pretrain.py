@@ -22,7 +22,7 @@ from ctal_bench.registry import MODELS
 from ctal_bench.training import Schedule, fit, save_atomic
 
 # Model fields that only shape the fine-tuning head: variants differing in them share pre-training.
-FINETUNE_ONLY_FIELDS = ("head", "orthogonality_loss", "released_cosine")
+FINETUNE_ONLY_FIELDS = ("head", "orthogonality_weight", "released_cosine")
 
 
 def pretrain_key(cfg: Config, corpus_root: Path) -> str:
@@ -62,12 +62,17 @@ def pretrained_weights(cfg: Config, data: DataPipeline, checkpoints: Path, devic
     vocab_size = data.tokenizer(cfg).get_vocab_size()
     torch.manual_seed(cfg.run.seed)
     model = MODELS.get(cfg.model.name)(cfg.model, 1, vocab_size).to(device)
-    generator = torch.Generator(device=device).manual_seed(cfg.run.seed)
+    generator = torch.Generator(device=device)  # seeded per epoch below
     p = cfg.pretrain
     schedule = Schedule(epochs=p.epochs, lr=p.lr, weight_decay=p.weight_decay, warmup=p.warmup, clip=p.clip)
     steps = len(batching.bucket_batches([len(item.audio) for item in items], p.batch_size, seed=cfg.run.seed))
-    result = fit(model,
-                 batches=lambda epoch: batching.iterate(items, p.batch_size, seed=cfg.run.seed * 1000 + epoch),
+
+    def epoch_batches(epoch: int):
+        # Masks depend on (seed, epoch) only, so a resumed run masks exactly as an uninterrupted one.
+        generator.manual_seed(cfg.run.seed * 1000 + epoch)
+        return batching.iterate(items, p.batch_size, seed=cfg.run.seed * 1000 + epoch)
+
+    result = fit(model, batches=epoch_batches,
                  steps_per_epoch=steps,
                  loss_fn=lambda m, b: pretrain_losses(m, b, cfg, generator),
                  schedule=schedule, device=device, checkpoint=checkpoints / f".pretrain-{key}.partial.pt",

@@ -20,7 +20,7 @@ from ctal_bench import declarations
 from ctal_bench.config import Config, apply_overrides, config_hash, to_dict
 from ctal_bench.declarations import Declarations, Suite, Variant
 from ctal_bench.errors import UserError
-from ctal_bench.registry import DATASETS, TASKS
+from ctal_bench.registry import DATASETS, MODELS, TASKS
 from ctal_bench.results import DONE, FAILED, CellKey, ResultsStore, environment
 
 
@@ -103,12 +103,22 @@ def request_from_args(args, decl: Declarations, suite: Suite, variants: list[Var
                    parse_data_paths(args.data), args.device)
 
 
+def scale_overrides(decl: Declarations, scale: str, model: str) -> dict:
+    """A scale's overrides for one model.
+
+    Values for fields the model has no part for (its ``unused_fields``, e.g. CTAL's switches on
+    a baseline) do not reach it; set any other way, they are an error.
+    """
+    unused = {f"model.{name}" for name in getattr(MODELS.get(model), "unused_fields", ())}
+    return {k: v for k, v in decl.scales.get(scale).overrides.items() if k not in unused}
+
+
 def cell_config(decl: Declarations, suite: Suite, request: Request, variant: Variant, task: str, seed: int) -> Config:
     """Defaults <- scale <- the model's own settings <- suite <- variant <- --set, then the
     cell's own coordinates."""
     cfg = Config()
     if request.scale:
-        cfg = apply_overrides(cfg, decl.scales.get(request.scale).overrides)
+        cfg = apply_overrides(cfg, scale_overrides(decl, request.scale, variant.model))
     if variant.model in decl.models:
         cfg = apply_overrides(cfg, decl.models.get(variant.model).overrides)
     cfg = apply_overrides(cfg, suite.overrides)
@@ -250,7 +260,49 @@ def summary_table(summary: Summary, title: str) -> Table:
     return table
 
 
-def execute(decl: Declarations, request: Request, results: Path, data_dir: Path | None, title: str) -> int:
+def comparison_table(summary: Summary, request: Request, title: str) -> Table:
+    """One row per variant, one column per task: the selection metric's mean +- sample std over
+    seeds (and folds), N, and the mean difference from the first variant on matched cells."""
+    import numpy as np
+
+    from ctal_bench.metrics import HIGHER_IS_BETTER
+
+    values: dict[tuple[str, str], dict[tuple[str, int], float]] = {}
+    for cell, record in summary.records:
+        if record["status"] == DONE:
+            metric = TASKS.get(cell.key.task).selection_metric
+            values.setdefault((cell.key.variant, cell.key.task), {})[(cell.key.fold, cell.key.seed)] = \
+                record["metrics"]["test"][metric]
+    table = Table(title=title, caption="test split; mean +- sample std (N); delta = mean paired "
+                  "difference from the first row on the same seeds and folds")
+    table.add_column("variant", no_wrap=True)
+    for task in request.tasks:
+        metric = TASKS.get(task).selection_metric
+        table.add_column(f"{task} {metric} {'↑' if HIGHER_IS_BETTER[metric] else '↓'}", justify="right")
+    reference = request.variants[0].name
+    for variant in request.variants:
+        row = [variant.name]
+        for task in request.tasks:
+            own = values.get((variant.name, task), {})
+            if not own:
+                row.append("-")
+                continue
+            x = np.array(list(own.values()))
+            text = f"{x.mean():.3f} ± {x.std(ddof=1):.3f} ({len(x)})" if len(x) > 1 else f"{x[0]:.3f} (1)"
+            base = values.get((reference, task), {})
+            shared = sorted(set(own) & set(base))
+            if variant.name != reference and shared:
+                delta = np.mean([own[k] - base[k] for k in shared])
+                text += f"  Δ {delta:+.3f}"
+            row.append(text)
+        table.add_row(*row)
+    return table
+
+
+def execute(decl: Declarations, request: Request, results: Path, data_dir: Path | None, title: str,
+            comparison: bool = False) -> int:
+    """Run the request's cells and print the per-cell summary, or (``comparison``) one row per
+    variant against the first."""
     from ctal_bench.data import default_data_dir
     from ctal_bench.data.prepare import DataPipeline
 
@@ -258,7 +310,10 @@ def execute(decl: Declarations, request: Request, results: Path, data_dir: Path 
     data = DataPipeline(data_dir or default_data_dir(), request.data_paths)
     cells = expand(decl, request, data)
     summary = run_cells(cells, data, ResultsStore(results), console)
-    console.print(summary_table(summary, title))
+    if comparison:
+        console.print(comparison_table(summary, request, title))
+    else:
+        console.print(summary_table(summary, title))
     if summary.failed:
         console.print(f"[red]{len(summary.failed)} of {len(cells)} cells failed:[/red] "
                       + ", ".join(cell.key.id for cell, _ in summary.failed)
@@ -288,7 +343,8 @@ def ablate_from_cli(args) -> int:
     variants = [Variant(m, m) for m in base] + [v for a in chosen for v in a.variants()]
     request = request_from_args(args, decl, suite, variants)
     _validate(decl, request)
-    return execute(decl, request, args.results, args.data_dir, f"ablation {', '.join(a.name for a in chosen)}")
+    return execute(decl, request, args.results, args.data_dir,
+                   f"ablation {', '.join(a.name for a in chosen)} (suite {suite.name})", comparison=True)
 
 
 def find_ablation(decl: Declarations, part: str):

@@ -223,7 +223,9 @@ def test_orthogonality_loss_is_mean_absolute_cosine():
         expected = (F.cosine_similarity(p["a_pool"], p["t_pool"]).abs().mean()
                     + F.cosine_similarity(p["a_max"], p["t_max"]).abs().mean())
         assert model(batch).aux_loss.item() == pytest.approx(expected.item(), rel=1e-5)
-        assert make_model(seed=2, orthogonality_loss=False)(batch).aux_loss.item() == 0.0
+        assert make_model(seed=2, orthogonality_weight=0.0)(batch).aux_loss.item() == 0.0
+        weighted = make_model(seed=2, orthogonality_weight=0.25)(batch).aux_loss.item()
+        assert weighted == pytest.approx(0.25 * expected.item(), rel=1e-5)
 
 
 def test_released_cosine_divides_by_the_audio_norm_twice():

@@ -2,8 +2,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from ctal_bench.data.prepare import DataPipeline
 from ctal_bench.pretrain import pretrain_losses
 from ctal_bench.registry import MODELS, TASKS
 from ctal_bench.training import Schedule, fit
+from ctal_bench.runner import scale_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "data.size=tiny", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
@@ -101,7 +104,7 @@ def test_pretraining_losses_fall(data_dir):
     generator = torch.Generator().manual_seed(0)
     result = fit(model, batches=lambda epoch: batching.iterate(items, 16, seed=epoch), steps_per_epoch=2,
                  loss_fn=lambda m, b: pretrain_losses(m, b, cfg, generator),
-                 schedule=Schedule(epochs=15, lr=2e-3, weight_decay=0.01, warmup=0.1, clip=1.0),
+                 schedule=Schedule(epochs=25, lr=2e-3, weight_decay=0.01, warmup=0.1, clip=1.0),
                  device=torch.device("cpu"))
     first, last = result.curve[0], result.curve[-1]
     assert last["train_mlm"] < 0.8 * first["train_mlm"]
@@ -180,8 +183,70 @@ def test_every_model_runs_every_task_through_the_one_loop(tiny_data, model, task
     from ctal_bench.finetune import finetune
 
     torch.set_num_threads(1)
-    cfg = apply_overrides(Config(), declarations.load().scales.get("smoke").overrides)
+    cfg = apply_overrides(Config(), scale_overrides(declarations.load(), "smoke", model))
     cfg = apply_overrides(cfg, ["data.size=tiny", "finetune.epochs=1", f"model.name={model}"])
     outcome = finetune(cfg, task, tiny_data.task_data(cfg, task, "0"), None, torch.device("cpu"))
     assert set(outcome.metrics["test"]) == set(TASKS.get(task).metric_names)
     assert len(outcome.predictions) > 0 and outcome.parameters > 0
+
+
+def _run_until(args, data_dir, ready, sig):
+    """Start `bench.py run`, wait until ``ready()`` holds, send ``sig``; returns the exit code."""
+    env = {**os.environ, "COLUMNS": "250"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *args, "--data-dir", str(data_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_results(tmp_path, data_dir, sig):
+    """Killed during pre-training and again after the first cell, the reruns finish only what is
+    missing and end with exactly the metrics of a run that was never interrupted."""
+    args = ["run", "--suite", "smoke", *TINY, "--set", "pretrain.epochs=3"]
+    reference = tmp_path / "reference"
+    assert bench(*args, "--results", str(reference), data_dir=data_dir).returncode == 0
+
+    results = tmp_path / "results"
+    runs = results / "runs" / "smoke"
+    partial = lambda: any((results / "checkpoints").glob(".pretrain-*.partial.pt"))  # noqa: E731
+    code, stderr = _run_until([*args, "--results", str(results)], data_dir, partial, sig)
+    assert not runs.exists() or not list(runs.glob("*.json"))  # stopped inside the first pre-training
+    if sig == signal.SIGINT:
+        assert code == 130 and "rerun the same command to resume" in stderr and "Traceback" not in stderr
+    else:
+        assert code == -signal.SIGKILL
+
+    first_cell = lambda: runs.exists() and len(list(runs.glob("*.json"))) >= 1  # noqa: E731
+    _run_until([*args, "--results", str(results)], data_dir, first_cell, sig)
+    done = len(list(runs.glob("*.json")))
+    assert 1 <= done < 3
+    proc = bench(*args, "--results", str(results), data_dir=data_dir)
+    assert proc.returncode == 0 and f"{done} already done, {3 - done} to run" in proc.stdout
+    resumed = cells(results)
+    assert {k: v["metrics"] for k, v in resumed.items()} == {k: v["metrics"] for k, v in cells(reference).items()}
+    assert not list((results / "checkpoints").glob(".*.partial.pt"))  # nothing half-done is left behind
+
+
+def test_ablate_runs_ctal_and_the_variants_and_prints_their_comparison(tmp_path, data_dir):
+    results = tmp_path / "results"
+    proc = bench("ablate", "--drop", "fusion", "orthogonality loss", "--suite", "smoke", "--tasks", "emotion",
+                 "--results", str(results), *TINY, data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = cells(results)
+    assert sorted(written) == ["ctal__emotion__synth__fold-0__seed-0.json",
+                               "no_fusion__emotion__synth__fold-0__seed-0.json",
+                               "no_orthogonality_loss__emotion__synth__fold-0__seed-0.json"]
+    # fine-tuning-only ablations reuse CTAL's pre-training
+    assert sorted(r["pretrain"]["reused"] for r in written.values()) == [False, True, True]
+    ua = {name.split("__")[0]: r["metrics"]["test"]["ua"] for name, r in written.items()}
+    table = proc.stdout[proc.stdout.index("ablation no_fusion, no_orthogonality_loss"):]
+    assert "emotion ua ↑" in table
+    assert f"{ua['ctal']:.3f} (1)" in table
+    for variant in ("no_fusion", "no_orthogonality_loss"):
+        assert f"{ua[variant]:.3f} (1)  Δ {ua[variant] - ua['ctal']:+.3f}" in table

@@ -91,8 +91,6 @@ class SynthSize:
 SIZES: dict[str, SynthSize] = {
     "tiny": SynthSize(pretrain=4, train=8, dev=4, test=4, verify=4,
                       utterances_per_speaker=16, n_trials=200),  # 384 utterances, for unit tests
-    "smoke": SynthSize(pretrain=8, train=16, dev=8, test=8, verify=8,
-                       utterances_per_speaker=24, n_trials=500),  # 1,152 utterances
     "default": SynthSize(pretrain=16, train=24, dev=8, test=8, verify=8,
                          utterances_per_speaker=64, n_trials=2000),  # 4,096 utterances
     "large": SynthSize(pretrain=32, train=48, dev=16, test=16, verify=16,

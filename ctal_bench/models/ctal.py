@@ -233,7 +233,7 @@ class FusionHead(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.mode = cfg.head
-        self.orthogonality = cfg.head == "fusion" and cfg.orthogonality_loss
+        self.orthogonality_weight = cfg.orthogonality_weight if cfg.head == "fusion" else 0.0
         self.released_cosine = cfg.released_cosine
         self.uses_text = cfg.head != "audio"
         self.uses_audio = cfg.head != "text"
@@ -268,9 +268,9 @@ class FusionHead(nn.Module):
 
         embedding = torch.tanh(self.fuse(z))
         logits = self.classifier(embedding)
-        if self.orthogonality:
-            aux = (abs_cosine(a_pool, t_pool, self.released_cosine)
-                   + abs_cosine(a_max, t_max, self.released_cosine))
+        if self.orthogonality_weight:
+            aux = self.orthogonality_weight * (abs_cosine(a_pool, t_pool, self.released_cosine)
+                                               + abs_cosine(a_max, t_max, self.released_cosine))
         else:
             aux = logits.new_zeros(())
         return ModelOutput(logits=logits, embedding=embedding, aux_loss=aux)
@@ -308,6 +308,8 @@ def resolve_size(cfg: ModelConfig) -> ModelConfig:
     if resolved.d_model % resolved.n_heads:
         raise UserError(f"model.d_model {resolved.d_model} must be divisible by "
                         f"model.n_heads {resolved.n_heads}")
+    if resolved.orthogonality_weight < 0:
+        raise UserError(f"model.orthogonality_weight must be >= 0, got {resolved.orthogonality_weight}")
     if resolved.head not in HEADS:
         raise UserError(f"unknown model.head {resolved.head!r}; expected one of {', '.join(HEADS)}")
     return resolved
