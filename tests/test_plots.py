@@ -1,0 +1,171 @@
+"""Figures from a fabricated results set: which files are written, and the numbers they draw."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.interpolate import interp1d
+from scipy.optimize import brentq
+from sklearn.metrics import det_curve, roc_curve
+
+from ctal_bench import metrics, plots
+from ctal_bench.results import DONE, FAILED, CellKey, ResultsStore, frame
+
+SUITE = "smoke"
+PLAIN = ("ctal", "tfn", "no_fusion")
+SWEEP_VALUES = (0.05, 0.3, 0.5)
+TASK_METRICS = {"emotion": ("ua", 0.6), "sentiment": ("mae", 0.8), "verification": ("eer", 0.2)}
+SEEDS = (0, 1, 2)
+TRIALS_PER_CELL = 60
+
+
+def _variants() -> list[tuple[str, str]]:
+    """(variant, ablation) in the order the suite runs them."""
+    ablation = {"ctal": "", "tfn": "", "no_fusion": "no_fusion"}
+    return [(v, ablation[v]) for v in PLAIN] + [(f"mask_ratio={x}", "mask_ratio") for x in SWEEP_VALUES]
+
+
+def _trials(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    target = np.arange(n) % 2
+    return pd.DataFrame({"enroll": [f"e{i}" for i in range(n)], "test": [f"t{i}" for i in range(n)],
+                         "enroll_speaker": "a", "test_speaker": np.where(target == 1, "a", "b"),
+                         "target": target, "score": rng.normal(size=n) + 1.5 * target})
+
+
+def _confusion(rng: np.random.Generator) -> list[list[int]]:
+    return (rng.integers(0, 5, size=(4, 4)) + 10 * np.eye(4, dtype=int)).tolist()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> tuple[ResultsStore, list[dict]]:
+    """A store holding every cell (3 seeds) of 6 variants x 3 tasks, plus verification predictions."""
+    store = ResultsStore(tmp_path_factory.mktemp("results"))
+    rng = np.random.default_rng(0)
+    for variant, ablation in _variants():
+        for task, (metric, level) in TASK_METRICS.items():
+            for seed in SEEDS:
+                key = CellKey(SUITE, variant, task, "synth", "0", seed)
+                extra = {"confusion_matrix": _confusion(rng)} if task == "emotion" else {}
+                store.write(key, {
+                    "status": DONE, "config_hash": "h", "model": "ctal", "ablation": ablation,
+                    "sweep_value": float(variant.split("=")[1]) if "=" in variant else None, "scale": "smoke",
+                    "metrics": {"test": {metric: level + 0.05 * rng.normal()}}, "parameters": 1000,
+                    "timing": {"train_samples_per_second": float(rng.uniform(10, 1000))}, "best_epoch": 1,
+                    "extra": extra})
+                if task == "verification":
+                    store.write_predictions(key, _trials(rng, TRIALS_PER_CELL))
+    store.write(CellKey(SUITE, "broken", "emotion", "synth", "0", 0),
+                {"status": FAILED, "config_hash": "h", "traceback": "boom"})
+    return store, list(store.records(SUITE))
+
+
+@pytest.fixture(scope="module")
+def cells(results) -> pd.DataFrame:
+    return frame(results[1])
+
+
+def _assert_figures(paths: list[Path], stems: set[str]) -> None:
+    """Exactly one PNG and one PDF per stem, each a non-empty file of its format."""
+    assert sorted(p.name for p in paths) == sorted(f"{s}.{ext}" for s in stems for ext in ("png", "pdf"))
+    for path in paths:
+        head = path.read_bytes()[:8]
+        assert head == b"\x89PNG\r\n\x1a\n" if path.suffix == ".png" else head.startswith(b"%PDF")
+
+
+def test_seed_distributions_one_figure_per_task(cells, tmp_path):
+    paths = plots.seed_distributions(cells, tmp_path / "new" / "dir")
+    _assert_figures(paths, {f"seeds-{task}" for task in TASK_METRICS})
+
+
+def test_sweep_curves_one_figure_per_task_and_none_without_rows(cells, tmp_path):
+    paths = plots.sweep_curves(cells, "mask_ratio", tmp_path)
+    _assert_figures(paths, {f"sweep-mask_ratio-{task}" for task in TASK_METRICS})
+    assert plots.sweep_curves(cells, "no_such_sweep", tmp_path / "none") == []
+    assert plots.sweep_curves(cells, "no_fusion", tmp_path / "none") == []  # an ablation, not a sweep
+    assert not (tmp_path / "none").exists()
+
+
+def test_sweep_curves_draw_a_single_seed_without_an_interval(cells, tmp_path):
+    one_seed = cells[(cells["seed"] == 0) & (cells["task"] == "emotion")]
+    _assert_figures(plots.sweep_curves(one_seed, "mask_ratio", tmp_path), {"sweep-mask_ratio-emotion"})
+
+
+def test_quality_vs_throughput_one_figure_per_task(cells, tmp_path):
+    _assert_figures(plots.quality_vs_throughput(cells, tmp_path), {f"throughput-{t}" for t in TASK_METRICS})
+
+
+def test_normalised_confusion_sums_then_divides_each_row():
+    a = [[3, 1, 0, 0], [0, 2, 2, 0], [0, 0, 0, 0], [1, 0, 0, 1]]
+    b = [[1, 1, 0, 2], [0, 0, 4, 0], [0, 0, 0, 0], [0, 0, 0, 2]]
+    summed = np.array([[4, 2, 0, 2], [0, 2, 6, 0], [np.nan] * 4, [1, 0, 0, 3]])
+    expected = summed / np.array([[8], [8], [1], [4]])
+    got = plots.normalised_confusion([a, b])
+    np.testing.assert_allclose(got, expected)  # equal_nan: a class never seen has no recall
+    np.testing.assert_allclose(got[[0, 1, 3]].sum(axis=1), 1.0)
+
+
+def test_confusion_matrices_one_figure_per_variant_with_emotion_cells(results, tmp_path):
+    paths = plots.confusion_matrices(results[1], tmp_path)
+    stems = {"confusion-ctal", "confusion-tfn", "confusion-no_fusion"} | {
+        f"confusion-mask_ratio-{x}" for x in SWEEP_VALUES}  # no figure for the failed "broken" cell
+    _assert_figures(paths, stems)
+
+
+def test_det_points_are_sklearn_det_curve():
+    trials = _trials(np.random.default_rng(1), 500)
+    fpr, fnr = plots.det_points(trials["target"], trials["score"])
+    expected_fpr, expected_fnr, _ = det_curve(trials["target"], trials["score"])
+    np.testing.assert_array_equal(fpr, expected_fpr)
+    np.testing.assert_array_equal(fnr, expected_fnr)
+
+
+@pytest.mark.parametrize("seed", [2, 3, 4])
+def test_det_curve_crosses_the_diagonal_at_the_roc_eer(seed):
+    """The EER marker (metrics.eer) lies on the drawn curve, at sklearn's ROC-based EER."""
+    trials = _trials(np.random.default_rng(seed), 400)
+    fpr, fnr = plots.det_points(trials["target"], trials["score"])
+    gap = fnr - fpr
+    order = np.argsort(gap)
+    crossing = np.interp(0.0, gap[order], fpr[order])
+    roc_fpr, roc_tpr, _ = roc_curve(trials["target"], trials["score"])
+    roc_eer = brentq(lambda x: 1.0 - x - interp1d(roc_fpr, roc_tpr)(x), 0.0, 1.0)
+    assert crossing == pytest.approx(roc_eer, abs=1e-6)
+    assert metrics.eer(trials["score"], trials["target"]) == pytest.approx(roc_eer, abs=1e-6)
+
+
+def test_det_curves_pool_seeds_and_leave_out_a_variant_missing_predictions(results, cells, tmp_path,
+                                                                           monkeypatch):
+    store, _ = results
+    drawn_trials = []
+    real_det_points = plots.det_points
+
+    def recording_det_points(targets, scores):
+        drawn_trials.append(len(targets))
+        return real_det_points(targets, scores)
+
+    monkeypatch.setattr(plots, "det_points", recording_det_points)
+    _assert_figures(plots.det_curves(cells, store.root / "runs", tmp_path), {"det-verification"})
+    assert drawn_trials == [len(SEEDS) * TRIALS_PER_CELL] * len(_variants())
+
+    drawn_trials.clear()
+    one_file_missing = cells.copy()
+    tfn_seed_1 = (cells["variant"] == "tfn") & (cells["task"] == "verification") & (cells["seed"] == 1)
+    one_file_missing.loc[tfn_seed_1, "cell_id"] += "-never-written"
+    _assert_figures(plots.det_curves(one_file_missing, store.root / "runs", tmp_path), {"det-verification"})
+    assert drawn_trials == [len(SEEDS) * TRIALS_PER_CELL] * (len(_variants()) - 1)
+
+
+def test_det_curves_without_verification_rows_write_nothing(cells, tmp_path):
+    assert plots.det_curves(cells[cells["task"] == "emotion"], tmp_path, tmp_path / "out") == []
+
+
+def test_write_all_writes_every_figure(results, cells, tmp_path):
+    store, records = results
+    small = cells[cells["variant"].isin(["ctal", "mask_ratio=0.3"]) & (cells["seed"] < 2)]
+    small_records = [r for r in records if r["cell"]["variant"] == "ctal"]
+    paths = plots.write_all(small, small_records, store.root / "runs", tmp_path, sweeps=["mask_ratio"])
+    kinds = ("seeds", "throughput", "sweep-mask_ratio")
+    per_task = {f"{kind}-{task}" for kind in kinds for task in TASK_METRICS}
+    _assert_figures(paths, per_task | {"confusion-ctal", "det-verification"})
