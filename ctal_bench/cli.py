@@ -76,12 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     _suite_narrowing_args(p), _results_arg(p), _data_arg(p), _declarations_arg(p)
     p.set_defaults(func=cmd_ablate)
 
-    p = sub.add_parser("report", help="results -> tables (.md, .tex) and figures")
-    p.add_argument("--suite", default=None)
-    p.add_argument("--reference", default="late_fusion")
-    p.add_argument("--format", default="md,tex")
-    _results_arg(p)
-    p.set_defaults(func=cmd_later, issue="#7 (aggregation, significance tests and tables)")
+    p = sub.add_parser("report", help="results -> tables (.md, .tex) and figures",
+                       description="Aggregate result cells over seeds, test against a reference, and "
+                       "write tables to results/tables/<suite>/ and figures to results/figures/<suite>/.")
+    p.add_argument("--suite", nargs="+", default=None, help="suites to report (default: every suite with results)")
+    p.add_argument("--reference", default="late_fusion", help="the main table's reference model")
+    p.add_argument("--format", default="md,tex", help="table formats, comma-separated: md, tex")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    _results_arg(p), _declarations_arg(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("profile", help="timing, throughput, memory, FLOPs and MFU per model")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
@@ -144,6 +147,14 @@ def cmd_ablate(args) -> int:
     from ctal_bench import runner
 
     return runner.ablate_from_cli(args)
+
+
+def cmd_report(args) -> int:
+    from ctal_bench import declarations, report
+
+    report.report(args.results, declarations.load(args.ablations_dir), args.suite, args.reference,
+                  report.parse_formats(args.format), figures=not args.no_figures)
+    return 0
 
 
 def cmd_data_synth(args) -> int:

@@ -29,6 +29,7 @@ class Variant:
     model: str
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted config keys
     ablation: str = ""  # the declaring ablation, "" for a plain model
+    sweep_value: Any = None  # the swept key's value, for a sweep's variants
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Ablation:
 
     def variants(self) -> list[Variant]:
         if self.sweep:
-            return [Variant(f"{self.name}={v}", self.model, {**self.overrides, self.sweep: v}, self.name)
+            return [Variant(f"{self.name}={v}", self.model, {**self.overrides, self.sweep: v}, self.name, v)
                     for v in self.values]
         return [Variant(self.name, self.model, dict(self.overrides), self.name)]
 

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
@@ -92,6 +92,35 @@ class ResultsStore:
             record = _read_json(path)
             if record is not None:
                 yield record
+
+
+FRAME_COLUMNS = ("suite", "variant", "task", "dataset", "fold", "seed", "model", "ablation", "sweep_value",
+                 "scale", "config_hash", "parameters", "train_samples_per_second", "best_epoch", "cell_id")
+
+
+def frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per finished cell: what tables, tests and figures need.
+
+    Columns: FRAME_COLUMNS, i.e. the cell's coordinates (suite, variant, task, dataset, fold,
+    seed), model, ablation ("" for a plain model), sweep_value (the swept value of a sweep
+    variant, else NaN), scale, config_hash, parameters, train_samples_per_second, best_epoch and
+    the cell id (``<suite>/<id>``) that locates its predictions; then every test metric by name
+    (NaN where a task lacks it).
+    """
+    rows = []
+    for record in records:
+        if record.get("status") != DONE:
+            continue
+        key = CellKey(**record["cell"])
+        sweep_value = record.get("sweep_value")
+        rows.append({**record["metrics"]["test"], **asdict(key), "model": record["model"],
+                     "ablation": record.get("ablation", ""),
+                     "sweep_value": float("nan") if sweep_value is None else sweep_value,
+                     "scale": record.get("scale", ""), "config_hash": record["config_hash"],
+                     "parameters": record.get("parameters"),
+                     "train_samples_per_second": record.get("timing", {}).get("train_samples_per_second"),
+                     "best_epoch": record.get("best_epoch"), "cell_id": f"{key.suite}/{key.id}"})
+    return pd.DataFrame(rows, columns=None if rows else list(FRAME_COLUMNS))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

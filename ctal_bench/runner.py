@@ -29,6 +29,7 @@ class Cell:
     key: CellKey
     config: Config
     variant: Variant
+    scale: str = ""  # the declared scale it ran at, for captions
 
     @property
     def hash(self) -> str:
@@ -153,7 +154,7 @@ def expand(decl: Declarations, request: Request, data) -> list[Cell]:
                 for fold in folds:
                     fold_cfg = apply_overrides(cfg, {"data.fold": fold})
                     key = CellKey(request.suite, variant.name, task, cfg.data.dataset, fold, seed)
-                    cells.append(Cell(key, fold_cfg, variant))
+                    cells.append(Cell(key, fold_cfg, variant, request.scale))
     return cells
 
 
@@ -189,6 +190,7 @@ def run_cell(cell: Cell, data, store: ResultsStore, checkpoints: Path, on_step=N
     record = {
         "status": DONE, "config_hash": cell.hash, "config": to_dict(cfg), "variant": cell.variant.name,
         "model": cfg.model.name, "ablation": cell.variant.ablation,
+        "sweep_value": cell.variant.sweep_value, "scale": cell.scale,
         "metrics": outcome.metrics, "best_epoch": outcome.best_epoch, "parameters": outcome.parameters,
         "curves": {"finetune": outcome.curve, "pretrain": (pretrain_record or {}).get("curve")},
         "pretrain": pretrain_record and {k: v for k, v in pretrain_record.items() if k != "curve"},
@@ -216,11 +218,13 @@ def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console) ->
     with Progress(*columns, console=console, transient=False) as progress:
         overall = progress.add_task("cells", total=len(todo))
         steps = progress.add_task("steps", total=None)
-        for cell in todo:
+        started = time.perf_counter()
+        for finished, cell in enumerate(todo):
             k = cell.key
-            progress.update(overall, description=f"cells (done {len(summary.ran)}, failed "
-                            f"{len(summary.failed)}, left {len(todo) - len(summary.ran) - len(summary.failed)})")
-            progress.update(steps, description=f"{k.variant} · {k.task} · fold {k.fold} · seed {k.seed}",
+            per_cell = f", {(time.perf_counter() - started) / finished:.0f} s/cell" if finished else ""
+            progress.update(overall, description=f"cells (done {len(summary.ran)}, failed {len(summary.failed)}, "
+                            f"running 1, left {len(todo) - finished - 1}{per_cell})")
+            progress.update(steps, description=f"running {k.variant} · {k.task} · fold {k.fold} · seed {k.seed}",
                             completed=0)
             try:
                 record = run_cell(cell, data, store, store.root / "checkpoints",
@@ -314,6 +318,10 @@ def execute(decl: Declarations, request: Request, results: Path, data_dir: Path 
         console.print(comparison_table(summary, request, title))
     else:
         console.print(summary_table(summary, title))
+    if summary.ran or summary.skipped:
+        from ctal_bench import report
+
+        report.report(results, decl, [request.suite], console=console)
     if summary.failed:
         console.print(f"[red]{len(summary.failed)} of {len(cells)} cells failed:[/red] "
                       + ", ".join(cell.key.id for cell, _ in summary.failed)

@@ -27,7 +27,10 @@ from ctal_bench.metrics import (
     classification_metrics,
     confusion_matrix,
     cosine_scores,
+    eer,
+    mae,
     sentiment_metrics,
+    unweighted_accuracy,
     verification_metrics,
 )
 from ctal_bench.registry import TASKS
@@ -59,6 +62,7 @@ class Task(ABC):
     name: ClassVar[str]
     metric_names: ClassVar[tuple[str, ...]]  # the keys ``evaluate`` returns
     selection_metric: ClassVar[str]  # dev metric for best-epoch selection and early stopping
+    table_metrics: ClassVar[tuple[str, ...]]  # the columns of the main table, selection metric first
     target_dtype: ClassVar[torch.dtype]  # dtype of the target tensor ``loss`` expects
 
     @property
@@ -85,6 +89,15 @@ class Task(ABC):
     def predictions(self, outputs: EvalOutputs) -> pd.DataFrame:
         """Per-example (or, for verification, per-trial) rows to save beside the result."""
 
+    # Per-example statistics (stats.paired_bootstrap): the columns that identify a row of
+    # ``predictions`` across models, and the column whose values are the resampled clusters.
+    row_keys: ClassVar[tuple[str, ...]] = ("uid",)
+    cluster: ClassVar[str] = "speaker"
+
+    @abstractmethod
+    def score_predictions(self, predictions: pd.DataFrame) -> float:
+        """The selection metric computed from a ``predictions`` table."""
+
     def eval_trials(self, split: Split, which: str) -> tuple[Trial, ...]:
         """The trials an evaluation split is scored on; none outside verification."""
         return ()
@@ -105,6 +118,7 @@ class EmotionTask(Task):
     name = "emotion"
     metric_names = ("wa", "ua", "macro_f1")
     selection_metric = "ua"
+    table_metrics = ("ua", "wa")
     target_dtype = torch.long
 
     def n_outputs(self, split: Split) -> int:
@@ -139,6 +153,9 @@ class EmotionTask(Task):
     def predictions(self, outputs: EvalOutputs) -> pd.DataFrame:
         return _example_table(outputs, self._predicted_classes(outputs))
 
+    def score_predictions(self, predictions: pd.DataFrame) -> float:
+        return unweighted_accuracy(predictions["target"], predictions["prediction"], len(EMOTIONS))
+
 
 class SentimentTask(Task):
     """Sentiment regression in [-3, 3] with an L1 loss on logits[:, 0]; selection on MAE."""
@@ -146,6 +163,7 @@ class SentimentTask(Task):
     name = "sentiment"
     metric_names = ("mae", "corr", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7", "acc5")
     selection_metric = "mae"
+    table_metrics = ("mae", "corr")
     target_dtype = torch.float32
 
     def n_outputs(self, split: Split) -> int:
@@ -167,6 +185,9 @@ class SentimentTask(Task):
     def predictions(self, outputs: EvalOutputs) -> pd.DataFrame:
         return _example_table(outputs, outputs.logits[:, 0])
 
+    def score_predictions(self, predictions: pd.DataFrame) -> float:
+        return mae(predictions["prediction"], predictions["target"])
+
 
 class VerificationTask(Task):
     """Train as speaker classification, then cosine-score embeddings on a trial list."""
@@ -174,6 +195,7 @@ class VerificationTask(Task):
     name = "verification"
     metric_names = ("eer", "min_dcf")
     selection_metric = "eer"
+    table_metrics = ("eer", "min_dcf")
     target_dtype = torch.long
 
     @staticmethod
@@ -208,6 +230,12 @@ class VerificationTask(Task):
 
     def evaluate(self, outputs: EvalOutputs) -> dict[str, float]:
         return verification_metrics(*self._scores(outputs))
+
+    row_keys = ("enroll", "test")
+    cluster = "enroll_speaker"  # a trial belongs to its enrolment speaker
+
+    def score_predictions(self, predictions: pd.DataFrame) -> float:
+        return eer(predictions["score"], predictions["target"])
 
     def predictions(self, outputs: EvalOutputs) -> pd.DataFrame:
         scores, labels = self._scores(outputs)

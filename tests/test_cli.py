@@ -68,7 +68,7 @@ def test_unknown_ablation_for_drop():
     assert_user_error(bench("ablate", "--drop", "fusoin", "--suite", "smoke"), "unknown ablation", "no_fusion")
 
 
-@pytest.mark.parametrize("command", ["report", "profile"])
+@pytest.mark.parametrize("command", ["profile"])
 def test_commands_not_built_yet_say_so(command):
     assert_user_error(bench(command), "not built yet", "issue")
 

@@ -1,0 +1,163 @@
+"""Honest comparisons: across seeds, and per example from saved predictions.
+
+Across seeds (the unit of replication): mean, sample std (ddof=1), N and the 95% t-interval;
+a paired t-test on matched seeds with the t-interval of the mean difference; P(A > B) as
+Mann-Whitney U / (m n); and, for N >= 5, the Almost Stochastic Order eps_min (Dror et al. 2019,
+via ``deepsig``). No percentile bootstrap over seeds: it undercovers at small N. With N <= 5 a
+rank test cannot reach 0.05, so its verdict there is "inconclusive", never "no difference".
+
+Per example (same test set, two models): exact McNemar on correctness, and a paired bootstrap
+that resamples speakers (clusters), not utterances, for any metric of a predictions table.
+
+Multiple comparisons are corrected over an explicit family with statsmodels' ``multipletests``:
+Holm for main and ablation tables, Benjamini-Hochberg for sweeps. Every function takes the
+metric's direction, so "better" means lower for MAE and EER.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+CONFIDENCE = 0.95
+ASO_TAU = 0.2  # eps_min below this: A almost stochastically dominates B
+ASO_MIN_N = 5
+RANK_TEST_MIN_N = 6  # with N <= 5 per group no two-sided rank test can reach p < 0.05
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    mean: float
+    std: float  # sample std, ddof=1 (NaN for N = 1)
+    n: int
+    ci_low: float  # 95% t-interval of the mean (NaN for N = 1)
+    ci_high: float
+
+
+def summarise(values: Sequence[float]) -> SeedSummary:
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    if n == 0:
+        raise ValueError("no values to summarise")
+    mean = float(x.mean())
+    if n == 1:
+        return SeedSummary(mean, math.nan, 1, math.nan, math.nan)
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * std / math.sqrt(n)
+    return SeedSummary(mean, std, n, mean - half, mean + half)
+
+
+@dataclass(frozen=True)
+class SeedComparison:
+    """A against B on matched seeds. ``difference`` is mean(A - B) in the metric's own units."""
+
+    n: int
+    difference: float
+    ci_low: float  # 95% t-interval of the mean difference
+    ci_high: float
+    p_value: float  # two-sided paired t-test (1.0 when every difference is 0)
+    p_superiority: float  # P(A better than B) = U / (m n), ties counted half
+    aso_eps_min: float  # Almost Stochastic Order, A over B; NaN for N < 5 or when not asked
+    a_is_better: bool  # the mean difference points the metric's better way
+
+    @property
+    def rank_test_verdict(self) -> str:
+        """What a rank test can say at this N: "inconclusive" at N <= 5, else "testable"."""
+        return "inconclusive" if self.n < RANK_TEST_MIN_N else "testable"
+
+
+def compare_seeds(a: Sequence[float], b: Sequence[float], higher_is_better: bool,
+                  with_aso: bool = False, seed: int = 0) -> SeedComparison:
+    """Paired comparison of two variants' per-seed scores (``a[i]`` and ``b[i]`` share seed i).
+
+    ``with_aso`` adds the ASO eps_min (N >= 5): about 3 s each, so tables ask for it only where
+    they report it.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"need two matched score vectors of length >= 2, got {a.shape} and {b.shape}")
+    n = len(a)
+    diff = a - b
+    mean_diff = float(diff.mean())
+    if np.all(diff == diff[0]):  # zero variance: the t statistic is undefined
+        p, low, high = (1.0 if diff[0] == 0 else 0.0), mean_diff, mean_diff
+    else:
+        test = stats.ttest_rel(a, b)
+        interval = test.confidence_interval(CONFIDENCE)
+        p, low, high = float(test.pvalue), float(interval.low), float(interval.high)
+    sign = 1.0 if higher_is_better else -1.0
+    u = stats.mannwhitneyu(sign * a, sign * b, alternative="two-sided").statistic
+    return SeedComparison(
+        n=n, difference=mean_diff, ci_low=low, ci_high=high, p_value=p,
+        p_superiority=float(u) / (n * n),
+        aso_eps_min=aso_eps_min(sign * a, sign * b, seed) if with_aso and n >= ASO_MIN_N else math.nan,
+        a_is_better=sign * mean_diff > 0)
+
+
+def aso_eps_min(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
+    """eps_min of "A is almost stochastically better than B" (higher = better): below
+    ASO_TAU, A dominates; 0.5 means no order either way."""
+    from deepsig import aso
+
+    return float(aso(a, b, confidence_level=CONFIDENCE, num_comparisons=1, seed=seed,
+                     show_progress=False, num_jobs=1))
+
+
+def correct(p_values: Sequence[float], method: str) -> np.ndarray:
+    """Adjusted p-values over one family: ``holm`` or ``fdr_bh`` (statsmodels)."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(p_values, dtype=float)
+    if p.size == 0:
+        return p
+    return multipletests(p, method=method)[1]
+
+
+# ---- per example ------------------------------------------------------------------------------
+
+def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float:
+    """Exact McNemar p-value for two classifiers' correctness on the same examples."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    table = [[int(np.sum(a & b)), int(np.sum(a & ~b))], [int(np.sum(~a & b)), int(np.sum(~a & ~b))]]
+    return float(mcnemar(table, exact=True).pvalue)
+
+
+@dataclass(frozen=True)
+class BootstrapComparison:
+    difference: float  # metric(A) - metric(B) on the full test set
+    ci_low: float  # percentile interval over speaker resamples
+    ci_high: float
+    p_value: float  # two-sided: how often the resampled difference reaches 0, (k + 1) / (R + 1)
+    resamples: int
+
+
+def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, metric: Callable[[pd.DataFrame], float],
+                     cluster: str, resamples: int = 1000, seed: int = 0) -> BootstrapComparison:
+    """Resample clusters (speakers) with replacement; score A and B on the same resample.
+
+    ``a`` and ``b`` are predictions of the same examples in the same order (rows aligned);
+    ``metric`` maps a predictions table to a number.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"predictions differ in length: {len(a)} vs {len(b)}")
+    groups = pd.Index(a[cluster]).to_numpy()
+    names, codes = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(codes == i) for i in range(len(names))]
+    rng = np.random.default_rng(seed)
+    observed = metric(a) - metric(b)
+    diffs = np.empty(resamples)
+    for r in range(resamples):
+        chosen = rng.integers(0, len(names), size=len(names))
+        rows = np.concatenate([members[i] for i in chosen])
+        diffs[r] = metric(a.iloc[rows]) - metric(b.iloc[rows])
+    diffs = diffs[np.isfinite(diffs)]
+    low, high = np.quantile(diffs, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    # (k + 1) / (R + 1): a resampling p-value is never exactly 0
+    p = min(1.0, 2 * (min(np.sum(diffs <= 0), np.sum(diffs >= 0)) + 1) / (len(diffs) + 1))
+    return BootstrapComparison(float(observed), float(low), float(high), float(p), len(diffs))

@@ -1,0 +1,324 @@
+"""The paper's tables from a cells frame (``results.frame``): Markdown, LaTeX (booktabs), rich.
+
+Every number is a mean +- sample std over seeds (folds are averaged within a seed first, so N
+is the number of seeds). Marks come from paired t-tests on matched seeds against a reference,
+corrected over the table's whole family (``stats.correct``): † at 0.05, ‡ at 0.01. Each caption
+states N, the test, the correction, alpha, the metric directions, the data and the scale.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ctal_bench import stats
+from ctal_bench.metrics import HIGHER_IS_BETTER
+from ctal_bench.registry import TASKS
+
+ALPHAS = (0.05, 0.01)
+MARKS = ("†", "‡")  # significant at ALPHAS[0] / ALPHAS[1] after correction
+
+
+@dataclass
+class Entry:
+    text: str = "–"
+    bold: bool = False
+    mark: str = ""
+
+
+@dataclass
+class TableData:
+    name: str  # file stem under results/tables/
+    title: str
+    caption: str
+    columns: list[str]  # header labels after the row-label column
+    rows: list[tuple[str, list[Entry]]] = field(default_factory=list)
+    comparisons: pd.DataFrame | None = None  # every test behind the marks, one row each
+
+
+def per_seed(cells: pd.DataFrame, variant: str, task: str, metric: str) -> pd.Series:
+    """seed -> the metric averaged over that seed's folds, for one variant and task."""
+    own = cells[(cells["variant"] == variant) & (cells["task"] == task)]
+    return own.groupby("seed")[metric].mean().dropna()
+
+
+def _arrow(metric: str) -> str:
+    return "↑" if HIGHER_IS_BETTER[metric] else "↓"
+
+
+def _columns(tasks: Sequence[str], metrics_of) -> list[tuple[str, str]]:
+    return [(task, metric) for task in tasks for metric in metrics_of(task)]
+
+
+def _describe(cells: pd.DataFrame) -> str:
+    datasets = ", ".join(sorted(cells["dataset"].unique()))
+    scales = ", ".join(sorted(s for s in cells["scale"].unique() if s)) or "unnamed"
+    return f"test split of {datasets}, scale {scales}"
+
+
+def _n_text(ns: set[int]) -> str:
+    return f"N = {min(ns)}" if len(ns) == 1 else f"N = {min(ns)}-{max(ns)}"
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.3f}"
+
+
+Tests = dict[tuple[str, str, str], tuple[stats.SeedComparison, float]]
+
+
+def _significance(cells: pd.DataFrame, pairs: list[tuple[str, str, str, str]], method: str,
+                  aso: bool) -> Tests:
+    """(variant, task, metric) -> (comparison with its reference, corrected p) for every pair
+    (variant, reference, task, metric) with at least two matched seeds; one family. With
+    ``aso``, ASO is computed for each task's selection metric (it costs seconds per comparison)."""
+    found = {}
+    for variant, reference, task, metric in pairs:
+        a, b = per_seed(cells, variant, task, metric), per_seed(cells, reference, task, metric)
+        seeds = sorted(set(a.index) & set(b.index))
+        if len(seeds) >= 2:
+            found[(variant, task, metric)] = stats.compare_seeds(
+                a[seeds].to_numpy(), b[seeds].to_numpy(), HIGHER_IS_BETTER[metric],
+                with_aso=aso and metric == TASKS.get(task).selection_metric)
+    adjusted = stats.correct([c.p_value for c in found.values()], method)
+    return {key: (comparison, float(p)) for (key, comparison), p in zip(found.items(), adjusted)}
+
+
+def _comparisons(tests: Tests, reference: str, method: str) -> pd.DataFrame:
+    rows = [{"variant": variant, "reference": reference, "task": task, "metric": metric, "n": c.n,
+             "difference": c.difference, "ci_low": c.ci_low, "ci_high": c.ci_high, "p": c.p_value,
+             f"p_{method}": p, "p_superiority": c.p_superiority, "aso_eps_min": c.aso_eps_min,
+             "better": c.a_is_better} for (variant, task, metric), (c, p) in tests.items()]
+    return pd.DataFrame(rows)
+
+
+def _mark(p_adjusted: float) -> str:
+    mark = ""
+    for alpha, symbol in zip(ALPHAS, MARKS):
+        if p_adjusted < alpha:
+            mark = symbol
+    return mark
+
+
+def _test_sentence(family: int, method: str, direction: str, reference: str, n_text: str) -> str:
+    correction = {"holm": "Holm", "fdr_bh": "Benjamini-Hochberg"}[method]
+    if not family:
+        return f"No significance test: fewer than 2 matched seeds ({n_text})."
+    return (f"{MARKS[0]} / {MARKS[1]}: {direction} {reference} in a two-sided paired t-test on matched "
+            f"seeds, {correction}-corrected over the {family} comparisons in this table, at "
+            f"alpha = {ALPHAS[0]} / {ALPHAS[1]}.")
+
+
+def main_table(cells: pd.DataFrame, models: Sequence[str], tasks: Sequence[str], reference: str,
+               aso: bool = True) -> TableData:
+    """Models x (task, metric): mean +- std, bold best, marks where better than ``reference``."""
+    columns = _columns(tasks, lambda task: TASKS.get(task).table_metrics)
+    pairs = [(m, reference, t, metric) for m in models if m != reference for t, metric in columns]
+    tests = _significance(cells, pairs, "holm", aso)
+    means = {(m, t, metric): per_seed(cells, m, t, metric) for m in models for t, metric in columns}
+    best = {}
+    for t, metric in columns:
+        scored = {m: s.mean() for m in models if len(s := means[(m, t, metric)])}
+        if scored:
+            pick = max if HIGHER_IS_BETTER[metric] else min
+            best[(t, metric)] = pick(scored, key=scored.get)
+    ns = {len(s) for s in means.values() if len(s)} or {0}
+    table = TableData(
+        "main", "CTAL and baselines",
+        f"Mean ± sample std over seeds ({_n_text(ns)}; {_describe(cells)}). Bold: best mean. "
+        + (_test_sentence(len(tests), "holm", "better than", reference, _n_text(ns)) if reference in models
+           else f"No significance marks: the reference {reference} has no cells here.")
+        + " ↑ higher is better, ↓ lower is better. Params: trainable parameters; "
+          "samples/s: training throughput of the cell (mean over cells).",
+        [f"{t} {metric} {_arrow(metric)}" for t, metric in columns] + ["params", "samples/s"])
+    for model in models:
+        entries = []
+        for t, metric in columns:
+            values = means[(model, t, metric)]
+            if not len(values):
+                entries.append(Entry())
+                continue
+            summary = stats.summarise(values.to_numpy())
+            text = _fmt(summary.mean) + ("" if summary.n < 2 else f" ± {_fmt(summary.std)}")
+            comparison, p = tests.get((model, t, metric), (None, 1.0))
+            mark = _mark(p) if comparison is not None and comparison.a_is_better else ""
+            entries.append(Entry(text, best.get((t, metric)) == model, mark))
+        own = cells[cells["variant"] == model]
+        params = own["parameters"].dropna()
+        speed = own["train_samples_per_second"].dropna()
+        entries.append(Entry(f"{params.median() / 1e6:.2f}M" if len(params) else "–"))
+        entries.append(Entry(f"{speed.mean():.0f}" if len(speed) else "–"))
+        table.rows.append((model + (" (reference)" if model == reference else ""), entries))
+    table.comparisons = _comparisons(tests, reference, "holm")
+    return table
+
+
+def ablation_table(cells: pd.DataFrame, full: str, variants: Sequence[str], tasks: Sequence[str],
+                   aso: bool = True) -> TableData:
+    """Full CTAL first, then each variant: mean +- std and the signed difference, marked where
+    significantly worse than full CTAL."""
+    metrics = {t: TASKS.get(t).selection_metric for t in tasks}
+    pairs = [(v, full, t, metrics[t]) for v in variants for t in tasks]
+    tests = _significance(cells, pairs, "holm", aso)
+    ns = {len(per_seed(cells, v, t, metrics[t])) for v in [full, *variants] for t in tasks} - {0} or {0}
+    table = TableData(
+        "ablations", "Ablations of CTAL",
+        f"Mean ± sample std over seeds ({_n_text(ns)}; {_describe(cells)}); Δ = mean paired "
+        f"difference from full CTAL ({full}). "
+        + _test_sentence(len(tests), "holm", "worse than", full, _n_text(ns))
+        + " ↑ higher is better, ↓ lower is better.",
+        [f"{t} {metrics[t]} {_arrow(metrics[t])}" for t in tasks])
+    for variant in [full, *variants]:
+        entries = []
+        for t in tasks:
+            values = per_seed(cells, variant, t, metrics[t])
+            if not len(values):
+                entries.append(Entry())
+                continue
+            summary = stats.summarise(values.to_numpy())
+            text = _fmt(summary.mean) + ("" if summary.n < 2 else f" ± {_fmt(summary.std)}")
+            comparison, p = tests.get((variant, t, metrics[t]), (None, 1.0))
+            mark = ""
+            if comparison is not None:
+                text += f" (Δ {comparison.difference:+.3f})"
+                mark = "" if comparison.a_is_better else _mark(p)
+            entries.append(Entry(text, mark=mark))
+        table.rows.append((variant, entries))
+    table.comparisons = _comparisons(tests, full, "holm")
+    return table
+
+
+def sweep_table(cells: pd.DataFrame, sweep: str, full: str, tasks: Sequence[str], aso: bool = True
+                ) -> TableData:
+    """One row per swept value: mean and 95% t-interval; marks where different from full CTAL
+    (Benjamini-Hochberg over the sweep)."""
+    own = cells[cells["ablation"] == sweep]
+    variants = list(own.sort_values("sweep_value")["variant"].drop_duplicates())
+    metrics = {t: TASKS.get(t).selection_metric for t in tasks}
+    pairs = [(v, full, t, metrics[t]) for v in variants for t in tasks]
+    tests = _significance(cells, pairs, "fdr_bh", aso)
+    ns = {len(per_seed(cells, v, t, metrics[t])) for v in variants for t in tasks} - {0} or {0}
+    table = TableData(
+        f"sweep-{sweep}", f"Sweep over {sweep}",
+        f"Mean [95% t-interval] over seeds ({_n_text(ns)}; {_describe(cells)}). "
+        + _test_sentence(len(tests), "fdr_bh", "different from full CTAL", f"({full})", _n_text(ns))
+        + " ↑ higher is better, ↓ lower is better.",
+        [f"{t} {metrics[t]} {_arrow(metrics[t])}" for t in tasks])
+    for variant in variants:
+        entries = []
+        for t in tasks:
+            values = per_seed(cells, variant, t, metrics[t])
+            if not len(values):
+                entries.append(Entry())
+                continue
+            s = stats.summarise(values.to_numpy())
+            text = _fmt(s.mean) + ("" if s.n < 2 else f" [{_fmt(s.ci_low)}, {_fmt(s.ci_high)}]")
+            comparison, p = tests.get((variant, t, metrics[t]), (None, 1.0))
+            entries.append(Entry(text, mark=_mark(p) if comparison is not None else ""))
+        table.rows.append((variant, entries))
+    table.comparisons = _comparisons(tests, full, "fdr_bh")
+    return table
+
+
+def per_example(cells: pd.DataFrame, models: Sequence[str], reference: str, runs_dir: Path,
+                resamples: int = 1000) -> pd.DataFrame:
+    """Each model against ``reference`` on the same test examples, seed by seed (and fold by
+    fold), from the saved predictions: the selection metric's difference with a paired bootstrap
+    over speakers (clusters), and for emotion the exact McNemar test on correctness. Holm over
+    the bootstrap p-values of the whole family."""
+    rows = []
+    for model in models:
+        if model == reference:
+            continue
+        own = cells[cells["variant"] == model]
+        for _, cell in own.iterrows():
+            match = cells[(cells["variant"] == reference) & (cells["task"] == cell["task"])
+                          & (cells["fold"] == cell["fold"]) & (cells["seed"] == cell["seed"])]
+            paths = [runs_dir / f"{cell_id}.preds.csv" for cell_id in (cell["cell_id"], *match["cell_id"])]
+            if len(paths) != 2 or not all(p.exists() for p in paths):
+                continue
+            task = TASKS.get(cell["task"])
+            a, b = (pd.read_csv(p) for p in paths)
+            b = b.set_index(list(task.row_keys)).loc[a.set_index(list(task.row_keys)).index].reset_index()
+            boot = stats.paired_bootstrap(a, b, task.score_predictions, task.cluster, resamples,
+                                          seed=int(cell["seed"]))
+            row = {"variant": model, "reference": reference, "task": cell["task"], "fold": cell["fold"],
+                   "seed": cell["seed"], "metric": task.selection_metric, "difference": boot.difference,
+                   "ci_low": boot.ci_low, "ci_high": boot.ci_high, "p_bootstrap": boot.p_value,
+                   "clusters": a[task.cluster].nunique()}
+            if cell["task"] == "emotion":
+                row["p_mcnemar"] = stats.mcnemar_exact(a["target"] == a["prediction"],
+                                                       b["target"] == b["prediction"])
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["p_bootstrap_holm"] = stats.correct(table["p_bootstrap"], "holm")
+    return table
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+
+def to_markdown(table: TableData) -> str:
+    def cell(entry: Entry) -> str:
+        text = entry.text + entry.mark
+        return f"**{text}**" if entry.bold else text
+
+    lines = [f"**{table.title}.** {table.caption}", "",
+             "| " + " | ".join(["", *table.columns]) + " |",
+             "|" + "---|" + "---:|" * len(table.columns)]
+    for label, entries in table.rows:
+        lines.append("| " + " | ".join([label, *map(cell, entries)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+_LATEX_SYMBOLS = {"±": r"$\pm$", "†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$", "↑": r"$\uparrow$",
+                  "↓": r"$\downarrow$", "Δ": r"$\Delta$", "–": "--"}
+
+
+def latex_escape(text: str) -> str:
+    out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+    for symbol, latex in _LATEX_SYMBOLS.items():
+        out = out.replace(symbol, latex)
+    return out
+
+
+def to_latex(table: TableData) -> str:
+    """A booktabs table (needs \\usepackage{booktabs})."""
+    def cell(entry: Entry) -> str:
+        text = latex_escape(entry.text + entry.mark)
+        return rf"\textbf{{{text}}}" if entry.bold else text
+
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             rf"\caption{{{latex_escape(table.title + '. ' + table.caption)}}}",
+             rf"\label{{tab:{table.name}}}",
+             r"\begin{tabular}{l" + "r" * len(table.columns) + "}", r"\toprule",
+             " & ".join(["", *map(latex_escape, table.columns)]) + r" \\", r"\midrule"]
+    for label, entries in table.rows:
+        lines.append(" & ".join([latex_escape(label), *map(cell, entries)]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_rich(table: TableData):
+    from rich.table import Table
+
+    out = Table(title=table.title, caption=table.caption)
+    out.add_column("")
+    for column in table.columns:
+        out.add_column(column, justify="right")
+    for label, entries in table.rows:
+        out.add_row(label, *[(f"[bold]{e.text}{e.mark}[/bold]" if e.bold else e.text + e.mark)
+                             for e in entries])
+    return out
+
+
+def ordered(values: Sequence[str], among: np.ndarray | Sequence[str]) -> list[str]:
+    """``values`` that occur in ``among``, in the order of ``values``."""
+    present = set(among)
+    return [v for v in values if v in present]

@@ -1,0 +1,111 @@
+"""Statistics: agreement with scipy / statsmodels / deepsig on the same numbers, and behaviour."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sp
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+
+from ctal_bench import stats
+
+
+def test_summary_is_mean_sample_std_and_t_interval():
+    x = [0.61, 0.58, 0.64, 0.60, 0.57]
+    s = stats.summarise(x)
+    assert s.mean == pytest.approx(np.mean(x)) and s.std == pytest.approx(np.std(x, ddof=1)) and s.n == 5
+    low, high = sp.t.interval(0.95, 4, loc=np.mean(x), scale=sp.sem(x))
+    assert (s.ci_low, s.ci_high) == pytest.approx((low, high))
+    one = stats.summarise([0.5])
+    assert one.mean == 0.5 and math.isnan(one.std) and math.isnan(one.ci_low)
+
+
+def test_paired_comparison_matches_scipy():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0.6, 0.02, 5), rng.normal(0.58, 0.02, 5)
+    c = stats.compare_seeds(a, b, higher_is_better=True)
+    reference = sp.ttest_rel(a, b)
+    interval = reference.confidence_interval(0.95)
+    assert c.p_value == pytest.approx(reference.pvalue)
+    assert (c.ci_low, c.ci_high) == pytest.approx((interval.low, interval.high))
+    assert c.difference == pytest.approx(np.mean(a - b))
+    u = sp.mannwhitneyu(a, b).statistic
+    assert c.p_superiority == pytest.approx(u / 25)
+    assert math.isnan(c.aso_eps_min) and c.rank_test_verdict == "inconclusive"
+
+
+def test_direction_flips_for_lower_is_better():
+    a, b = np.array([0.50, 0.52, 0.49]), np.array([0.60, 0.61, 0.62])  # A lower: better MAE
+    c = stats.compare_seeds(a, b, higher_is_better=False)
+    assert c.a_is_better and c.difference < 0 and c.p_superiority == 1.0
+    assert not stats.compare_seeds(a, b, higher_is_better=True).a_is_better
+
+
+def test_identical_scores_give_p_one_not_nan():
+    c = stats.compare_seeds([0.5, 0.6, 0.7], [0.5, 0.6, 0.7], higher_is_better=True)
+    assert c.p_value == 1.0 and c.difference == 0.0 and not c.a_is_better
+
+
+def test_aso_is_deepsigs_and_orders_clear_cases():
+    from deepsig import aso
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 0.1, 5), rng.normal(0.0, 0.1, 5)
+    c = stats.compare_seeds(a, b, higher_is_better=True, with_aso=True)
+    assert c.aso_eps_min == aso(a, b, confidence_level=0.95, num_comparisons=1, seed=0, show_progress=False)
+    assert c.aso_eps_min < stats.ASO_TAU
+    # lower is better: B's scores are the better ones, so A does not dominate
+    assert stats.compare_seeds(a, b, higher_is_better=False, with_aso=True).aso_eps_min > 0.5
+
+
+def test_holm_and_bh_match_statsmodels():
+    p = [0.01, 0.04, 0.03, 0.20, 0.001]
+    np.testing.assert_allclose(stats.correct(p, "holm"), multipletests(p, method="holm")[1])
+    np.testing.assert_allclose(stats.correct(p, "fdr_bh"), multipletests(p, method="fdr_bh")[1])
+    assert stats.correct([], "holm").size == 0
+
+
+def test_mcnemar_exact_matches_statsmodels():
+    a = np.array([1, 1, 0, 1, 0, 1, 1, 1, 0, 1], dtype=bool)
+    b = np.array([1, 0, 0, 0, 0, 1, 0, 1, 1, 0], dtype=bool)
+    table = [[3, 4], [1, 2]]  # both, a only / b only, neither
+    assert stats.mcnemar_exact(a, b) == pytest.approx(mcnemar(table, exact=True).pvalue)
+
+
+def _predictions(rng, accuracy, speakers=12, per_speaker=20):
+    n = speakers * per_speaker
+    target = rng.integers(0, 4, n)
+    correct = rng.random(n) < accuracy
+    prediction = np.where(correct, target, (target + 1) % 4)
+    return pd.DataFrame({"speaker": np.repeat([f"s{i}" for i in range(speakers)], per_speaker),
+                         "target": target, "prediction": prediction})
+
+
+def accuracy(frame):
+    return float((frame["target"] == frame["prediction"]).mean())
+
+
+def test_paired_bootstrap_resamples_whole_speakers_and_finds_a_real_difference():
+    rng = np.random.default_rng(3)
+    a = _predictions(rng, 0.9)
+    b = a.copy()
+    b["prediction"] = np.where(rng.random(len(b)) < 0.6, b["target"], (b["target"] + 1) % 4)
+    seen = []
+
+    def metric(frame):
+        seen.append(frame["speaker"].value_counts().to_numpy())
+        return accuracy(frame)
+
+    result = stats.paired_bootstrap(a, b, metric, "speaker", resamples=200, seed=0)
+    assert result.difference == pytest.approx(accuracy(a) - accuracy(b))
+    assert result.ci_low > 0 and result.p_value < 0.05
+    assert all(np.all(counts % 20 == 0) for counts in seen)  # speakers come whole (20 rows each)
+    again = stats.paired_bootstrap(a, b, accuracy, "speaker", resamples=200, seed=0)
+    assert again == stats.paired_bootstrap(a, b, accuracy, "speaker", resamples=200, seed=0)
+
+
+def test_paired_bootstrap_of_a_model_with_itself_is_not_significant():
+    a = _predictions(np.random.default_rng(4), 0.7)
+    result = stats.paired_bootstrap(a, a.copy(), accuracy, "speaker", resamples=100, seed=0)
+    assert result.difference == 0 and result.p_value == 1.0

@@ -1,0 +1,175 @@
+"""Tables and `report`: marks where (and only where) the truth says, honest captions, valid output."""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctal_bench import catalog, declarations, tables
+from ctal_bench.report import report
+from ctal_bench.results import CellKey, ResultsStore, frame
+
+ROOT = Path(__file__).resolve().parent.parent
+TASK_METRICS = {"emotion": ("wa", "ua", "macro_f1"), "sentiment": ("mae", "corr"), "verification": ("eer", "min_dcf")}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def registered():
+    catalog.load()
+
+
+def record(variant, task, seed, metrics, suite="paper", ablation=""):
+    sweep_value = float(variant.split("=")[1]) if "=" in variant else None
+    return {"status": "done", "config_hash": f"h{seed}", "model": "ctal" if ablation else variant,
+            "ablation": ablation, "sweep_value": sweep_value, "scale": "cpu", "metrics": {"dev": metrics, "test": metrics},
+            "parameters": 1000, "timing": {"train_samples_per_second": 100.0}, "best_epoch": 1,
+            "cell": {"suite": suite, "variant": variant, "task": task, "dataset": "synth", "fold": "0",
+                     "seed": seed}}
+
+
+def fabricate(rng, shifts: dict[str, float], seeds=5, noise=0.01, ablation=None):
+    """Records whose test metrics are reference values + ``shifts[variant]`` (in the better
+    direction for positive shifts) + seed noise."""
+    base = {"wa": 0.6, "ua": 0.6, "macro_f1": 0.6, "mae": 0.8, "corr": 0.7, "eer": 0.2, "min_dcf": 0.5}
+    lower_is_better = {"mae", "eer", "min_dcf"}
+    records = []
+    for variant, shift in shifts.items():
+        for task, names in TASK_METRICS.items():
+            for seed in range(seeds):
+                metrics = {m: base[m] + (-shift if m in lower_is_better else shift) + rng.normal(0, noise)
+                           for m in names}
+                records.append(record(variant, task, seed, metrics, ablation=(ablation or {}).get(variant, "")))
+    return records
+
+
+def marks(table: tables.TableData) -> dict[tuple[str, str], str]:
+    return {(label.removesuffix(" (reference)"), column): entry.mark
+            for label, entries in table.rows for column, entry in zip(table.columns, entries)}
+
+
+def test_daggers_appear_where_and_only_where_a_real_difference_is():
+    rng = np.random.default_rng(0)
+    cells = frame(fabricate(rng, {"late_fusion": 0.0, "better": 0.05, "same": 0.0, "worse": -0.05}, noise=0.005))
+    table = tables.main_table(cells, ["late_fusion", "better", "same", "worse"],
+                              ["emotion", "sentiment", "verification"], "late_fusion", aso=False)
+    found = marks(table)
+    metric_columns = [c for c in table.columns if c not in ("params", "samples/s")]
+    assert len(metric_columns) == 6
+    for column in metric_columns:
+        assert found[("better", column)] == "‡", column  # p far below 0.01 after Holm
+        assert found[("same", column)] == "" and found[("worse", column)] == ""
+        assert found[("late_fusion", column)] == ""
+    # the best mean is bold, in each column's own direction (lower MAE / EER is better)
+    bold = {(label, col) for label, entries in table.rows for col, e in zip(table.columns, entries) if e.bold}
+    assert bold == {("better", c) for c in metric_columns}
+    assert "Holm" in table.caption and "N = 5" in table.caption and "alpha = 0.05 / 0.01" in table.caption
+    assert "↓ lower is better" in table.caption and "synth" in table.caption and "cpu" in table.caption
+    comparisons = table.comparisons
+    assert len(comparisons) == 3 * 6 and set(comparisons["variant"]) == {"better", "same", "worse"}
+
+
+def test_a_over_a_false_positive_rate_is_controlled():
+    """200 simulations where no model differs from the reference, N = 5 seeds each."""
+    rng = np.random.default_rng(1)
+    marked = tested = 0
+    for _ in range(200):
+        cells = frame(fabricate(rng, {"late_fusion": 0.0, "a": 0.0, "b": 0.0, "c": 0.0}, noise=0.02))
+        table = tables.main_table(cells, ["late_fusion", "a", "b", "c"], ["emotion"], "late_fusion", aso=False)
+        found = marks(table)
+        for (label, column), mark in found.items():
+            if label != "late_fusion" and column.startswith("emotion"):
+                tested += 1
+                marked += mark != ""
+    assert tested == 200 * 3 * 2
+    assert marked / tested <= 0.07
+
+
+def test_ablation_table_marks_only_significantly_worse_variants():
+    rng = np.random.default_rng(2)
+    records = fabricate(rng, {"ctal": 0.0, "no_fusion": -0.05, "no_orthogonality_loss": 0.0, "causal_audio": 0.05},
+                        ablation={"no_fusion": "no_fusion", "no_orthogonality_loss": "no_orthogonality_loss",
+                                  "causal_audio": "causal_audio"})
+    cells = frame(records)
+    table = tables.ablation_table(cells, "ctal", ["no_fusion", "no_orthogonality_loss", "causal_audio"],
+                                  ["emotion", "sentiment"], aso=False)
+    assert [label for label, _ in table.rows] == ["ctal", "no_fusion", "no_orthogonality_loss", "causal_audio"]
+    found = marks(table)
+    for column in table.columns:
+        assert found[("no_fusion", column)] == "‡"
+        assert found[("no_orthogonality_loss", column)] == "" and found[("causal_audio", column)] == ""
+    no_fusion_emotion = dict(zip(table.columns, table.rows[1][1]))["emotion ua ↑"]
+    assert re.search(r"\(Δ -0\.0[45]\d\)", no_fusion_emotion.text)
+
+
+def test_sweep_table_has_one_row_per_value_in_order_with_intervals():
+    rng = np.random.default_rng(3)
+    records = fabricate(rng, {"ctal": 0.0})
+    for value in (0.5, 0.05, 0.3):
+        records += fabricate(rng, {f"mask_ratio={value}": 0.0}, ablation={f"mask_ratio={value}": "mask_ratio"})
+    table = tables.sweep_table(frame(records), "mask_ratio", "ctal", ["emotion"], aso=False)
+    assert [label for label, _ in table.rows] == ["mask_ratio=0.05", "mask_ratio=0.3", "mask_ratio=0.5"]
+    assert "Benjamini-Hochberg" in table.caption
+    assert re.fullmatch(r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]", table.rows[0][1][0].text)
+
+
+def test_markdown_and_latex_are_well_formed():
+    rng = np.random.default_rng(4)
+    cells = frame(fabricate(rng, {"late_fusion": 0.0, "better": 0.05}))
+    table = tables.main_table(cells, ["late_fusion", "better"], ["emotion", "sentiment"], "late_fusion", aso=False)
+    md = tables.to_markdown(table).splitlines()
+    header = next(i for i, line in enumerate(md) if line.startswith("| "))
+    widths = {line.count("|") for line in md[header:]}
+    assert len(widths) == 1 and re.fullmatch(r"\|---\|(---:\|)+", md[header + 1])
+    assert "**" in md[header + 3] and "‡" in md[header + 3]
+
+    tex = tables.to_latex(table)
+    assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == 1
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
+    assert all(rule in tex for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
+    spec = re.search(r"\\begin\{tabular\}\{(l(r+))\}", tex).group(1)
+    body = tex[tex.index(r"\toprule") + len(r"\toprule"):tex.index(r"\bottomrule")].replace(r"\midrule", "")
+    rows = [row for row in body.split(r"\\") if row.strip()]
+    assert rows and all(row.count("&") - row.count(r"\&") == len(spec) - 1 for row in rows)
+    assert "late\\_fusion" in tex and r"$^{\ddagger}$" in tex and "±" not in tex
+
+
+def test_latex_compiles_with_pdflatex(tmp_path):
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not installed (the structure is checked above)")
+    rng = np.random.default_rng(4)
+    cells = frame(fabricate(rng, {"late_fusion": 0.0, "better": 0.05}))
+    table = tables.main_table(cells, ["late_fusion", "better"], ["emotion"], "late_fusion", aso=False)
+    doc = tmp_path / "t.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                   + tables.to_latex(table) + "\\end{document}\n")
+    proc = subprocess.run(["pdflatex", "-halt-on-error", "-interaction=nonstopmode", doc.name], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_report_writes_tables_for_every_suite_and_prints_the_main_table(tmp_path):
+    rng = np.random.default_rng(5)
+    store = ResultsStore(tmp_path)
+    records = fabricate(rng, {"late_fusion": 0.0, "ctal": 0.05, "no_fusion": 0.0},
+                        ablation={"no_fusion": "no_fusion"}, seeds=3)
+    for r in records:
+        store.write(CellKey(**r["cell"]), {k: v for k, v in r.items() if k != "cell"})
+    frame_rows = len(frame(store.records()))
+    assert frame_rows == len(records)
+    written = report(tmp_path, declarations.load(), ["paper"], figures=False)
+    names = sorted(p.name for p in written)
+    assert {"main.md", "main.tex", "ablations.md", "ablations.tex", "main.comparisons.csv"} <= set(names)
+    main = (tmp_path / "tables" / "paper" / "main.md").read_text()
+    assert main.index("| ctal") < main.index("| late_fusion")  # the suite's declared order
+    comparisons = pd.read_csv(tmp_path / "tables" / "paper" / "main.comparisons.csv")
+    assert set(comparisons["variant"]) == {"ctal"} and (comparisons["n"] == 3).all()
+
+
+def test_report_on_an_empty_directory_is_a_user_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), "report", "--results", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "no finished result cells" in proc.stderr and "Traceback" not in proc.stderr
