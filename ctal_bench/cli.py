@@ -86,13 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     _results_arg(p), _declarations_arg(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("profile", help="timing, throughput, memory, FLOPs and MFU per model")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p = sub.add_parser("profile", help="timing, throughput, memory, FLOPs and MFU per model",
+                       description="Profile each model's pre-training and fine-tuning steps, inference "
+                       "over a batch-size sweep and batch-1 latency at shapes taken from the data; "
+                       "write results/profile/<model>.json and an efficiency table.")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--models", nargs="+")
-    _results_arg(p), _data_arg(p)
-    p.set_defaults(func=cmd_later, issue="#8 (timing and throughput profiling)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (more warm-up steps)")
+    p.add_argument("--models", nargs="+", help="default: every registered model")
+    p.add_argument("--scale", default="smoke", help="the declared scale that sizes models and data")
+    p.add_argument("--steps", type=int, default=50, help="timed steps per measurement (default 50)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _results_arg(p), _data_arg(p), _declarations_arg(p)
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("tune", help="Optuna tuning on dev with an equal budget per model")
     p.add_argument("--model", required=True)
@@ -154,6 +160,26 @@ def cmd_report(args) -> int:
 
     report.report(args.results, declarations.load(args.ablations_dir), args.suite, args.reference,
                   report.parse_formats(args.format), figures=not args.no_figures)
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from ctal_bench import catalog, declarations, profiling
+    from ctal_bench.data import default_data_dir
+    from ctal_bench.data.prepare import DataPipeline
+    from ctal_bench.registry import MODELS
+    from ctal_bench.runner import resolve_device
+
+    catalog.load()
+    decl = declarations.load(args.ablations_dir)
+    decl.scales.get(args.scale)
+    models = args.models or list(MODELS)
+    for name in models:
+        MODELS.get(name)
+    if args.steps < 5:
+        raise UserError(f"--steps {args.steps}: expected at least 5 timed steps")
+    profiling.run(decl, models, args.scale, args.overrides, resolve_device(args.device or "auto"), args.dtype,
+                  args.compile, args.results, DataPipeline(args.data_dir or default_data_dir()), args.steps)
     return 0
 
 

@@ -18,6 +18,7 @@ from ctal_bench.data import batching
 from ctal_bench.data.batching import Batch
 from ctal_bench.data.prepare import DataPipeline
 from ctal_bench.masking import mam_loss, mask_audio_spans, mask_tokens, mlm_loss
+from ctal_bench.profiling import peak_memory
 from ctal_bench.registry import MODELS
 from ctal_bench.training import Schedule, fit, save_atomic
 
@@ -79,7 +80,8 @@ def pretrained_weights(cfg: Config, data: DataPipeline, checkpoints: Path, devic
                  on_step=on_step)
     record = {"key": key, "corpus": str(corpus.root.name), "utterances": len(items), "curve": result.curve,
               "steps": result.steps, "train_seconds": result.train_seconds,
-              "samples_per_second": result.samples / max(result.train_seconds, 1e-9), "reused": False}
+              "samples_per_second": result.samples / max(result.train_seconds, 1e-9), **peak_memory(device),
+              "reused": False}
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("head.")}
     save_atomic(path, {"model": weights, "record": record})
     (checkpoints / f".pretrain-{key}.partial.pt").unlink(missing_ok=True)

@@ -175,12 +175,15 @@ def run_cell(cell: Cell, data, store: ResultsStore, checkpoints: Path, on_step=N
     import torch
 
     from ctal_bench import finetune, pretrain
+    from ctal_bench.profiling import peak_memory
     from ctal_bench.registry import MODELS
 
     cfg = cell.config
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     task_data = data.task_data(cfg, cell.key.task, cell.key.fold)
     pretrained, pretrain_record = None, None
@@ -194,7 +197,7 @@ def run_cell(cell: Cell, data, store: ResultsStore, checkpoints: Path, on_step=N
         "metrics": outcome.metrics, "best_epoch": outcome.best_epoch, "parameters": outcome.parameters,
         "curves": {"finetune": outcome.curve, "pretrain": (pretrain_record or {}).get("curve")},
         "pretrain": pretrain_record and {k: v for k, v in pretrain_record.items() if k != "curve"},
-        "timing": {**outcome.timing, "cell_seconds": time.perf_counter() - started},
+        "timing": {**outcome.timing, "cell_seconds": time.perf_counter() - started, **peak_memory(device)},
         "data": {"train": len(task_data.train), "dev": len(task_data.dev), "test": len(task_data.test),
                  "truncated": task_data.truncated},
         "extra": outcome.extra, "environment": environment(), "traceback": None,

@@ -49,6 +49,8 @@ def test_run_writes_cells_reuses_pretraining_and_resumes(tmp_path, data_dir):
     for name, record in written.items():
         assert record["config_hash"] and record["environment"]["versions"]["torch"]
         assert record["curves"]["finetune"] and record["curves"]["pretrain"]
+        assert record["timing"]["train_samples_per_second"] > 0 and record["timing"]["peak_memory_bytes"] > 0
+        assert record["pretrain"]["peak_memory_bytes"] > 0 and record["scale"] == "smoke"
         assert set(record["metrics"]) == {"dev", "test"}
         assert (results / "runs" / "smoke" / name.replace(".json", ".preds.csv")).exists()
     # One pre-training, shared by the three tasks.
