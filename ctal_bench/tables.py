@@ -71,6 +71,35 @@ def _fmt(value: float) -> str:
 Tests = dict[tuple[str, str, str], tuple[stats.SeedComparison, float]]
 
 
+def _summary_text(values: pd.Series, interval: bool = False) -> str:
+    """mean +- sample std, or mean [95% t-interval]; the mean alone for one seed."""
+    s = stats.summarise(values.to_numpy())
+    if s.n < 2:
+        return _fmt(s.mean)
+    return f"{_fmt(s.mean)} [{_fmt(s.ci_low)}, {_fmt(s.ci_high)}]" if interval else f"{_fmt(s.mean)} ± {_fmt(s.std)}"
+
+
+def _compared_rows(table: TableData, cells: pd.DataFrame, variants: Sequence[str], metrics: dict[str, str],
+                   tests: Tests, interval: bool, worse_only: bool) -> None:
+    """One row per variant and one column per task's metric, marked from ``tests``: only where
+    worse (``worse_only``, with the signed difference shown) or wherever different."""
+    for variant in variants:
+        entries = []
+        for task, metric in metrics.items():
+            values = per_seed(cells, variant, task, metric)
+            if not len(values):
+                entries.append(Entry())
+                continue
+            text, mark = _summary_text(values, interval), ""
+            comparison, p = tests.get((variant, task, metric), (None, 1.0))
+            if comparison is not None:
+                if worse_only:
+                    text += f" (Δ {comparison.difference:+.3f})"
+                mark = "" if worse_only and comparison.a_is_better else _mark(p)
+            entries.append(Entry(text, mark=mark))
+        table.rows.append((variant, entries))
+
+
 def _significance(cells: pd.DataFrame, pairs: list[tuple[str, str, str, str]], method: str,
                   aso: bool) -> Tests:
     """(variant, task, metric) -> (comparison with its reference, corrected p) for every pair
@@ -142,8 +171,7 @@ def main_table(cells: pd.DataFrame, models: Sequence[str], tasks: Sequence[str],
             if not len(values):
                 entries.append(Entry())
                 continue
-            summary = stats.summarise(values.to_numpy())
-            text = _fmt(summary.mean) + ("" if summary.n < 2 else f" ± {_fmt(summary.std)}")
+            text = _summary_text(values)
             comparison, p = tests.get((model, t, metric), (None, 1.0))
             mark = _mark(p) if comparison is not None and comparison.a_is_better else ""
             entries.append(Entry(text, best.get((t, metric)) == model, mark))
@@ -172,22 +200,7 @@ def ablation_table(cells: pd.DataFrame, full: str, variants: Sequence[str], task
         + _test_sentence(len(tests), "holm", "worse than", full, _n_text(ns))
         + " ↑ higher is better, ↓ lower is better.",
         [f"{t} {metrics[t]} {_arrow(metrics[t])}" for t in tasks])
-    for variant in [full, *variants]:
-        entries = []
-        for t in tasks:
-            values = per_seed(cells, variant, t, metrics[t])
-            if not len(values):
-                entries.append(Entry())
-                continue
-            summary = stats.summarise(values.to_numpy())
-            text = _fmt(summary.mean) + ("" if summary.n < 2 else f" ± {_fmt(summary.std)}")
-            comparison, p = tests.get((variant, t, metrics[t]), (None, 1.0))
-            mark = ""
-            if comparison is not None:
-                text += f" (Δ {comparison.difference:+.3f})"
-                mark = "" if comparison.a_is_better else _mark(p)
-            entries.append(Entry(text, mark=mark))
-        table.rows.append((variant, entries))
+    _compared_rows(table, cells, [full, *variants], metrics, tests, interval=False, worse_only=True)
     table.comparisons = _comparisons(tests, full, "holm")
     return table
 
@@ -208,18 +221,7 @@ def sweep_table(cells: pd.DataFrame, sweep: str, full: str, tasks: Sequence[str]
         + _test_sentence(len(tests), "fdr_bh", "different from full CTAL", f"({full})", _n_text(ns))
         + " ↑ higher is better, ↓ lower is better.",
         [f"{t} {metrics[t]} {_arrow(metrics[t])}" for t in tasks])
-    for variant in variants:
-        entries = []
-        for t in tasks:
-            values = per_seed(cells, variant, t, metrics[t])
-            if not len(values):
-                entries.append(Entry())
-                continue
-            s = stats.summarise(values.to_numpy())
-            text = _fmt(s.mean) + ("" if s.n < 2 else f" [{_fmt(s.ci_low)}, {_fmt(s.ci_high)}]")
-            comparison, p = tests.get((variant, t, metrics[t]), (None, 1.0))
-            entries.append(Entry(text, mark=_mark(p) if comparison is not None else ""))
-        table.rows.append((variant, entries))
+    _compared_rows(table, cells, variants, metrics, tests, interval=True, worse_only=False)
     table.comparisons = _comparisons(tests, full, "fdr_bh")
     return table
 
