@@ -207,7 +207,21 @@ def run_cell(cell: Cell, data, store: ResultsStore, checkpoints: Path, on_step=N
     return record
 
 
+def share_result(twin: Cell, cell: Cell, store: ResultsStore) -> dict:
+    """Record ``cell`` from a finished cell with the identical config instead of training again."""
+    record = {k: v for k, v in store.read(twin.key).items() if k != "cell"}
+    record.update(variant=cell.variant.name, ablation=cell.variant.ablation, sweep_value=cell.variant.sweep_value,
+                  scale=cell.scale, shared_from=twin.key.id)
+    predictions = store.read_predictions(twin.key)
+    if predictions is not None:
+        store.write_predictions(cell.key, predictions)
+    store.write(cell.key, record)
+    return record
+
+
 def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console) -> Summary:
+    """Run the cells not already done; a cell whose config equals a finished one's shares its
+    result. A failing cell is recorded with its traceback and the rest go on."""
     summary = Summary()
     todo = []
     for cell in cells:
@@ -222,6 +236,7 @@ def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console) ->
         overall = progress.add_task("cells", total=len(todo))
         steps = progress.add_task("steps", total=None)
         started = time.perf_counter()
+        done_by_hash = {cell.hash: cell for cell, _ in summary.skipped}
         for finished, cell in enumerate(todo):
             k = cell.key
             per_cell = f", {(time.perf_counter() - started) / finished:.0f} s/cell" if finished else ""
@@ -230,9 +245,13 @@ def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console) ->
             progress.update(steps, description=f"running {k.variant} · {k.task} · fold {k.fold} · seed {k.seed}",
                             completed=0)
             try:
-                record = run_cell(cell, data, store, store.root / "checkpoints",
-                                  on_step=lambda: progress.advance(steps))
+                if cell.hash in done_by_hash:  # e.g. a sweep value that equals the default
+                    record = share_result(done_by_hash[cell.hash], cell, store)
+                else:
+                    record = run_cell(cell, data, store, store.root / "checkpoints",
+                                      on_step=lambda: progress.advance(steps))
                 summary.ran.append((cell, record))
+                done_by_hash.setdefault(cell.hash, cell)
             except (KeyboardInterrupt, UserError):
                 raise
             except Exception:  # a bug or a numerical failure in one cell: record it, go on
@@ -262,7 +281,8 @@ def summary_table(summary: Summary, title: str) -> Table:
         seconds = record.get("timing", {}).get("cell_seconds")
         k = cell.key
         table.add_row(f"{k.variant} {k.task} f{k.fold} s{k.seed}",
-                      record["status"] + (" (cached)" if k in cached else ""), shown,
+                      record["status"] + (" (cached)" if k in cached else "")
+                      + (f" (= {record['shared_from'].split('__')[0]})" if record.get("shared_from") else ""), shown,
                       str(record.get("best_epoch", "-")), f"{seconds:.0f}" if seconds else "-")
     return table
 

@@ -252,3 +252,23 @@ def test_ablate_runs_ctal_and_the_variants_and_prints_their_comparison(tmp_path,
     assert f"{ua['ctal']:.3f} (1)" in table
     for variant in ("no_fusion", "no_orthogonality_loss"):
         assert f"{ua[variant]:.3f} (1)  Δ {ua[variant] - ua['ctal']:+.3f}" in table
+
+
+def test_a_sweep_value_equal_to_the_default_shares_full_ctals_result(tmp_path, data_dir):
+    decl_dir = tmp_path / "decl"
+    shutil.copytree(declarations.DEFAULT_DIR, decl_dir)
+    (decl_dir / "tiny_sweep.toml").write_text(
+        '[ablation.tiny_mask]\nsummary = "two mask ratios, one the default"\nsweep = "pretrain.mask_ratio"\n'
+        'values = [0.15, 0.3]\n')
+    results = tmp_path / "results"
+    proc = bench("ablate", "--sweep", "tiny_mask", "--suite", "smoke", "--tasks", "emotion", "--results",
+                 str(results), "--ablations-dir", str(decl_dir), *TINY, data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = cells(results)
+    default = written["tiny_mask=0.15__emotion__synth__fold-0__seed-0.json"]
+    ctal = written["ctal__emotion__synth__fold-0__seed-0.json"]
+    other = written["tiny_mask=0.3__emotion__synth__fold-0__seed-0.json"]
+    assert default["shared_from"] == "ctal__emotion__synth__fold-0__seed-0" and "shared_from" not in other
+    assert default["config_hash"] == ctal["config_hash"] != other["config_hash"]
+    assert default["metrics"] == ctal["metrics"] and default["sweep_value"] == 0.15
+    assert (results / "runs" / "smoke" / "tiny_mask=0.15__emotion__synth__fold-0__seed-0.preds.csv").exists()
