@@ -91,7 +91,7 @@ class Declarations:
 _KEYS = {
     "ablation": {"summary", "version", "model", "drop", "set", "sweep", "values", "extends"},
     "suite": {"summary", "version", "models", "ablations", "tasks", "datasets", "seeds", "scale", "set"},
-    "scale": {"summary", "set"},
+    "scale": {"summary", "set", "extends"},
     "model": {"summary", "set"},
 }
 _REQUIRED = {"ablation": {"summary"}, "suite": {"summary", "tasks"}, "scale": {"summary"}, "model": {"summary"}}
@@ -173,6 +173,7 @@ def load(directory: Path | None = None) -> Declarations:
 
     scales = Registry("scale")
     for name, e in raw["scale"].items():
+        e = _extended(e, raw["scale"])
         scales.add(name, Settings(name, e.get("summary", str), e.source, e.overrides(e.get("set", dict, {}))))
 
     models = Registry("model settings")
@@ -208,19 +209,25 @@ def load(directory: Path | None = None) -> Declarations:
     return Declarations(ablations, suites, scales, models)
 
 
-def _ablation(e: _Entry, all_entries: dict[str, _Entry]) -> Ablation:
-    """Build one ablation, merging at most one level of ``extends``."""
-    body = dict(e.body)
+def _extended(e: _Entry, all_entries: dict[str, _Entry]) -> _Entry:
+    """``e`` with at most one level of ``extends`` merged in: the parent's keys, then its own;
+    ``set`` tables merge key by key."""
     parent_name = e.get("extends", str, "")
-    if parent_name:
-        parent = all_entries.get(parent_name)
-        if parent is None:
-            e.fail(f"extends unknown ablation {parent_name!r}")
-        if "extends" in parent.body:
-            e.fail(f"extends {parent_name!r}, which itself extends another; one level only")
-        body = {**parent.body, **body, "set": {**flatten(parent.body.get("set", {})),
-                                                **flatten(body.get("set", {}))}}
-        e = _Entry("ablation", e.name, {k: v for k, v in body.items() if k != "extends"}, e.source)
+    if not parent_name:
+        return e
+    parent = all_entries.get(parent_name)
+    if parent is None:
+        e.fail(f"extends unknown {e.kind} {parent_name!r}")
+    if "extends" in parent.body:
+        e.fail(f"extends {parent_name!r}, which itself extends another; one level only")
+    body = {**parent.body, **e.body, "set": {**flatten(parent.body.get("set", {})),
+                                              **flatten(e.body.get("set", {}))}}
+    return _Entry(e.kind, e.name, {k: v for k, v in body.items() if k != "extends"}, e.source)
+
+
+def _ablation(e: _Entry, all_entries: dict[str, _Entry]) -> Ablation:
+    """Build one ablation (after ``extends``)."""
+    e = _extended(e, all_entries)
     model = e.get("model", str, "ctal")
     if model not in MODELS:
         e.fail(MODELS.unknown_message(model))

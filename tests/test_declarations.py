@@ -69,6 +69,16 @@ def test_extends_one_level(tmp_path):
     assert child.overrides == {"model.head": "concat", "model.audio_causal": True}
 
 
+def test_a_scale_extends_another_and_overrides_its_keys(tmp_path):
+    write(tmp_path, '[scale.base]\nsummary = "b"\nset = { "finetune.epochs" = 3, "model.size" = "mini" }\n'
+                    '[scale.longer]\nsummary = "l"\nextends = "base"\nset = { "finetune.epochs" = 9 }\n')
+    longer = declarations.load(tmp_path).scales.get("longer")
+    assert longer.overrides == {"finetune.epochs": 9, "model.size": "mini"}
+    write(tmp_path, '[scale.orphan]\nsummary = "o"\nextends = "nosuch"\n')
+    with pytest.raises(UserError, match=r"\[scale.orphan\]: extends unknown scale 'nosuch'"):
+        declarations.load(tmp_path)
+
+
 def test_model_settings_apply_after_the_scale_and_before_overrides():
     from ctal_bench.declarations import Variant
     from ctal_bench.runner import Request, cell_config
