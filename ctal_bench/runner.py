@@ -236,7 +236,9 @@ def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console) ->
         overall = progress.add_task("cells", total=len(todo))
         steps = progress.add_task("steps", total=None)
         started = time.perf_counter()
-        done_by_hash = {cell.hash: cell for cell, _ in summary.skipped}
+        # The task is a cell coordinate, not part of the config: two cells are the same work
+        # only when both their task and their config hash agree.
+        done_by_hash = {(cell.key.task, cell.hash): cell for cell, _ in summary.skipped}
         for finished, cell in enumerate(todo):
             k = cell.key
             per_cell = f", {(time.perf_counter() - started) / finished:.0f} s/cell" if finished else ""
@@ -245,13 +247,14 @@ def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console) ->
             progress.update(steps, description=f"running {k.variant} · {k.task} · fold {k.fold} · seed {k.seed}",
                             completed=0)
             try:
-                if cell.hash in done_by_hash:  # e.g. a sweep value that equals the default
-                    record = share_result(done_by_hash[cell.hash], cell, store)
+                twin = done_by_hash.get((cell.key.task, cell.hash))
+                if twin is not None:  # e.g. a sweep value that equals the default
+                    record = share_result(twin, cell, store)
                 else:
                     record = run_cell(cell, data, store, store.root / "checkpoints",
                                       on_step=lambda: progress.advance(steps))
                 summary.ran.append((cell, record))
-                done_by_hash.setdefault(cell.hash, cell)
+                done_by_hash.setdefault((cell.key.task, cell.hash), cell)
             except (KeyboardInterrupt, UserError):
                 raise
             except Exception:  # a bug or a numerical failure in one cell: record it, go on

@@ -261,8 +261,8 @@ def test_a_sweep_value_equal_to_the_default_shares_full_ctals_result(tmp_path, d
         '[ablation.tiny_mask]\nsummary = "two mask ratios, one the default"\nsweep = "pretrain.mask_ratio"\n'
         'values = [0.15, 0.3]\n')
     results = tmp_path / "results"
-    proc = bench("ablate", "--sweep", "tiny_mask", "--suite", "smoke", "--tasks", "emotion", "--results",
-                 str(results), "--ablations-dir", str(decl_dir), *TINY, data_dir=data_dir)
+    proc = bench("ablate", "--sweep", "tiny_mask", "--suite", "smoke", "--tasks", "emotion", "sentiment",
+                 "--results", str(results), "--ablations-dir", str(decl_dir), *TINY, data_dir=data_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = cells(results)
     default = written["tiny_mask=0.15__emotion__synth__fold-0__seed-0.json"]
@@ -272,3 +272,8 @@ def test_a_sweep_value_equal_to_the_default_shares_full_ctals_result(tmp_path, d
     assert default["config_hash"] == ctal["config_hash"] != other["config_hash"]
     assert default["metrics"] == ctal["metrics"] and default["sweep_value"] == 0.15
     assert (results / "runs" / "smoke" / "tiny_mask=0.15__emotion__synth__fold-0__seed-0.preds.csv").exists()
+    # the same config on another task is other work: shared only with that task's own cell
+    sentiment = written["tiny_mask=0.15__sentiment__synth__fold-0__seed-0.json"]
+    assert sentiment["shared_from"] == "ctal__sentiment__synth__fold-0__seed-0"
+    assert set(sentiment["metrics"]["test"]) == set(written["ctal__sentiment__synth__fold-0__seed-0.json"]
+                                                    ["metrics"]["test"]) and "mae" in sentiment["metrics"]["test"]
