@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   python bench.py list ablations
   python bench.py data synth --size default
   python bench.py data check /data/IEMOCAP_full_release --format iemocap
+  python bench.py import-ctal ctal_base.pt --tokenizer roberta-base/
 """
 
 
@@ -120,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", required=True, help="a registered dataset (see: list datasets)")
     q.set_defaults(func=cmd_data_check)
 
+    p = sub.add_parser("import-ctal", help="convert a released CTAL checkpoint into ours",
+                       description="Map the authors' released CTAL weights (and their vocab.json + "
+                       "merges.txt) onto our CTAL and write them as a pre-trained checkpoint.")
+    p.add_argument("checkpoint", type=Path, metavar="CKPT", help="the released .pt / .pth file")
+    p.add_argument("--tokenizer", required=True, type=Path, metavar="DIR",
+                   help="directory with the released vocab.json and merges.txt")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle everything in the file (can run arbitrary code); default: tensors only")
+    p.add_argument("--out", type=Path, default=None, metavar="PATH",
+                   help="default: results/checkpoints/released-<CKPT name>.pt")
+    p.set_defaults(func=cmd_import_ctal)
+
     p = sub.add_parser("list", help="list registered models, datasets, tasks, ablations, suites")
     p.add_argument("what", choices=["models", "datasets", "tasks", "ablations", "suites", "scales"])
     _declarations_arg(p)
@@ -205,6 +218,15 @@ def cmd_data_check(args) -> int:
     from ctal_bench.data import check
 
     Console().print(check.render(check.check_dataset(args.path, args.format)))
+    return 0
+
+
+def cmd_import_ctal(args) -> int:
+    from ctal_bench import released
+
+    out = args.out or Path("results") / "checkpoints" / f"released-{args.checkpoint.stem}.pt"
+    for line in released.convert(args.checkpoint, args.tokenizer, out, trust=args.trust_checkpoint):
+        print(line)
     return 0
 
 

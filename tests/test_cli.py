@@ -26,7 +26,7 @@ def assert_user_error(proc, *needles):
 def test_help_lists_commands_and_options():
     proc = bench("--help")
     assert proc.returncode == 0
-    for command in ("run", "ablate", "report", "profile", "tune", "data", "list"):
+    for command in ("run", "ablate", "report", "profile", "tune", "data", "list", "import-ctal"):
         assert command in proc.stdout
     for command, option in (("run", "--results"), ("run", "--data-dir"), ("ablate", "--drop"),
                             ("report", "--results"), ("profile", "--data-dir"), ("tune", "--trials")):
