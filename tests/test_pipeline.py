@@ -195,8 +195,11 @@ def test_every_model_runs_every_task_through_the_one_loop(tiny_data, model, task
 def _run_until(args, data_dir, ready, sig):
     """Start `bench.py run`, wait until ``ready()`` holds, send ``sig``; returns the exit code."""
     env = {**os.environ, "COLUMNS": "250"}
+    # A shell's background job inherits SIGINT ignored, and Python then keeps it ignored: give the
+    # child the default disposition so that it gets its KeyboardInterrupt wherever the tests run.
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *args, "--data-dir", str(data_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
