@@ -68,6 +68,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class PretrainConfig:
     enabled: bool = True
+    # A checkpoint written by `bench.py import-ctal`: CTAL fine-tunes from it instead of being
+    # pre-trained here, and every model reads text with the tokenizer saved beside it.
+    init: str = ""
     cross_modal: bool = True  # False: text MLM alone, audio MAM without cross-attention
     mlm_prob: float = 0.15
     mask_ratio: float = 0.15

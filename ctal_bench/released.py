@@ -421,18 +421,44 @@ def convert(checkpoint: Path, tokenizer_dir: Path, out: Path, trust: bool = Fals
     return [*(f"note: {n}" for n in imported.notes),
             f"wrote {out} and {tokenizer_path.name} (vocabulary {imported.tokenizer.get_vocab_size()})",
             f"model config: {overrides}",
-            "use it: from ctal_bench.released import load_converted; "
+            f"fine-tune a suite from it: python bench.py run --suite S --set pretrain.init={out} {overrides}",
+            "or in Python: from ctal_bench.released import load_converted; "
             f"model, tokenizer = load_converted({str(out)!r}, n_outputs=...)"]
+
+
+def _converted_state(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: converted checkpoint not found (write one with bench.py import-ctal)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("record", {}).get("source") != "released CTAL":
+        raise UserError(f"{path}: not a checkpoint written by bench.py import-ctal")
+    return state
+
+
+def converted_tokenizer(path: Path) -> Tokenizer:
+    """The released tokenizer saved beside a converted checkpoint."""
+    record = _converted_state(path)["record"]
+    return Tokenizer.from_str((Path(path).parent / record["tokenizer"]).read_text(encoding="utf-8"))
+
+
+def init_weights(path: Path, model_cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    """A converted checkpoint's weights and record, for fine-tuning a model configured as
+    ``model_cfg``; every model field the network fixes must agree (the error lists the flags)."""
+    state = _converted_state(path)
+    record = state["record"]
+    wrong = {k: v for k, v in record["model_config"].items() if getattr(model_cfg, k) != v}
+    if wrong:
+        flags = " ".join(f"--set model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in wrong.items())
+        raise UserError(f"{path}: the released network needs {flags}")
+    return state["model"], {**record, "reused": True}
 
 
 def load_converted(path: Path, n_outputs: int = 1) -> tuple[CTAL, Tokenizer]:
     """A converted checkpoint (see ``convert``) as our CTAL and its tokenizer."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: converted checkpoint not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _converted_state(path)
     record = state["record"]
-    tokenizer = Tokenizer.from_str((path.parent / record["tokenizer"]).read_text(encoding="utf-8"))
+    tokenizer = converted_tokenizer(path)
     imported = Imported(state["model"], record["model_config"], tokenizer, record["global_step"], ())
     return build(imported, n_outputs), tokenizer
 

@@ -188,7 +188,12 @@ def run_cell(cell: Cell, data, store: ResultsStore, checkpoints: Path, on_step=N
     task_data = data.task_data(cfg, cell.key.task, cell.key.fold)
     pretrained, pretrain_record = None, None
     if cfg.pretrain.enabled and getattr(MODELS.get(cfg.model.name), "pretrainable", False):
-        pretrained, pretrain_record = pretrain.pretrained_weights(cfg, data, checkpoints, device, on_step)
+        if cfg.pretrain.init:
+            from ctal_bench.released import init_weights
+
+            pretrained, pretrain_record = init_weights(Path(cfg.pretrain.init), cfg.model)
+        else:
+            pretrained, pretrain_record = pretrain.pretrained_weights(cfg, data, checkpoints, device, on_step)
     outcome = finetune.finetune(cfg, cell.key.task, task_data, pretrained, device, on_step)
     record = {
         "status": DONE, "config_hash": cell.hash, "config": to_dict(cfg), "variant": cell.variant.name,

@@ -9,6 +9,7 @@ start at 2 as RoBERTa's do (an assumption, see ctal_bench/released.py).
 import argparse
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -381,3 +382,25 @@ def test_import_ctal_refusals_are_one_line(reduced, tmp_path):
     assert_user_error(bench("import-ctal", str(release.path), "--tokenizer", str(tmp_path)),
                       "vocab.json", "not found")
 
+
+
+def test_a_suite_fine_tunes_from_imported_weights_with_their_tokenizer(reduced, tmp_path):
+    release, imported = reduced
+    out = tmp_path / "converted" / "ctal-released.pt"
+    assert bench("import-ctal", str(release.path), "--tokenizer", str(release.tokenizer_dir),
+                 "--out", str(out)).returncode == 0
+    run = ["run", "--suite", "smoke", "--tasks", "emotion", "--results", str(tmp_path / "results"),
+           "--data-dir", str(tmp_path / "data"), "--set", f"pretrain.init={out}", "--set", "data.size=tiny",
+           "--set", "finetune.epochs=1", "--set", f"data.max_audio_frames={MAX_FRAMES}", "--set", "run.threads=1"]
+    # the smoke scale's mini CTAL is not the released network: refused, naming every flag it needs
+    refused = bench(*run)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    flags = re.findall(r"--set (model\.\S+)", refused.stderr)
+    assert "model.d_model=64" in flags and "model.audio_causal=true" in flags
+    proc = bench(*run, *[arg for flag in flags for arg in ("--set", flag)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "results" / "runs" / "smoke" /
+                         "ctal__emotion__synth__fold-0__seed-0.json").read_text())
+    assert record["status"] == "done" and record["pretrain"]["source"] == "released CTAL"
+    assert record["pretrain"]["global_step"] == 1234 and record["curves"]["pretrain"] is None
+    assert not list((tmp_path / "results" / "checkpoints").glob("pretrain-*.pt"))  # nothing pre-trained here

@@ -79,7 +79,15 @@ class DataPipeline:
         return [self._features[(key, e.uid)] for e in examples]
 
     def tokenizer(self, cfg: Config):
-        """Byte-level BPE trained on the pre-training transcripts (cached on disk and here)."""
+        """Byte-level BPE trained on the pre-training transcripts (cached on disk and here), or
+        the released tokenizer of ``pretrain.init``."""
+        if cfg.pretrain.init:
+            key = (cfg.pretrain.init, 0)
+            if key not in self._tokenizers:
+                from ctal_bench.released import converted_tokenizer
+
+                self._tokenizers[key] = converted_tokenizer(cfg.pretrain.init)
+            return self._tokenizers[key]
         corpus = self.pretraining_dataset(cfg)
         key = (str(corpus.root), cfg.data.vocab_size)
         if key not in self._tokenizers:
