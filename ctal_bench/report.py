@@ -7,6 +7,7 @@ Row order follows the suite's declaration where the suite is declared.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -31,8 +32,17 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return chosen
 
 
-def suite_tables(cells: pd.DataFrame, decl: Declarations, suite: str, reference: str
-                 ) -> list[tables.TableData]:
+def load_profiles(results: Path) -> dict[str, dict]:
+    """model -> its ``bench.py profile`` record, where one exists."""
+    profiles = {}
+    for path in sorted((Path(results) / "profile").glob("*.json")):
+        record = json.loads(path.read_text())
+        profiles[record["model"]] = record
+    return profiles
+
+
+def suite_tables(cells: pd.DataFrame, decl: Declarations, suite: str, reference: str,
+                 profiles: dict[str, dict] | None = None) -> list[tables.TableData]:
     declared = decl.suites.get(suite) if suite in decl.suites else None
     task_order = list(declared.tasks) if declared else list(TASKS)
     tasks = tables.ordered(task_order, cells["task"].unique())
@@ -40,7 +50,7 @@ def suite_tables(cells: pd.DataFrame, decl: Declarations, suite: str, reference:
     model_order = list(declared.models) if declared else []
     models = tables.ordered(model_order, plain["variant"].unique()) + sorted(
         set(plain["variant"]) - set(model_order))
-    built = [tables.main_table(cells, models, tasks, reference)] if models else []
+    built = [tables.main_table(cells, models, tasks, reference, profiles=profiles)] if models else []
     variants = cells[(cells["ablation"] != "") & cells["sweep_value"].isna()]
     if len(variants) and FULL_MODEL in models:
         names = sorted(variants["variant"].unique())
@@ -72,7 +82,7 @@ def report(results: Path, decl: Declarations, suites: Sequence[str] | None = Non
     written = []
     for suite in suites or available:
         own = cells[cells["suite"] == suite]
-        built = suite_tables(own, decl, suite, reference)
+        built = suite_tables(own, decl, suite, reference, load_profiles(results))
         table_dir = Path(results) / "tables" / suite
         table_dir.mkdir(parents=True, exist_ok=True)
         for table in built:

@@ -142,9 +142,18 @@ def _test_sentence(family: int, method: str, direction: str, reference: str, n_t
             f"alpha = {ALPHAS[0]} / {ALPHAS[1]}.")
 
 
+def _profile_sentence(profiles: dict[str, dict] | None) -> str:
+    if not profiles:
+        return ""
+    first = next(iter(profiles.values()))
+    return (f" GFLOPs/sample (fine-tuning step) and b1 ms (median batch-1 latency) from bench.py profile "
+            f"({first['environment']['device']}, {first['dtype']}, scale {first['scale']}).")
+
+
 def main_table(cells: pd.DataFrame, models: Sequence[str], tasks: Sequence[str], reference: str,
-               aso: bool = True) -> TableData:
-    """Models x (task, metric): mean +- std, bold best, marks where better than ``reference``."""
+               aso: bool = True, profiles: dict[str, dict] | None = None) -> TableData:
+    """Models x (task, metric): mean +- std, bold best, marks where better than ``reference``;
+    with ``profiles`` (model -> its ``bench.py profile`` record), FLOPs and batch-1 latency too."""
     columns = _columns(tasks, lambda task: TASKS.get(task).table_metrics)
     pairs = [(m, reference, t, metric) for m in models if m != reference for t, metric in columns]
     tests = _significance(cells, pairs, "holm", aso)
@@ -162,8 +171,9 @@ def main_table(cells: pd.DataFrame, models: Sequence[str], tasks: Sequence[str],
         + (_test_sentence(len(tests), "holm", "better than", reference, _n_text(ns)) if reference in models
            else f"No significance marks: the reference {reference} has no cells here.")
         + " ↑ higher is better, ↓ lower is better. Params: trainable parameters; "
-          "samples/s: training throughput of the cell (mean over cells).",
-        [f"{t} {metric} {_arrow(metric)}" for t, metric in columns] + ["params", "samples/s"])
+          "samples/s: training throughput of the cell (mean over cells)." + _profile_sentence(profiles),
+        [f"{t} {metric} {_arrow(metric)}" for t, metric in columns] + ["params", "samples/s"]
+        + (["GFLOPs/sample", "b1 ms"] if profiles else []))
     for model in models:
         entries = []
         for t, metric in columns:
@@ -180,6 +190,11 @@ def main_table(cells: pd.DataFrame, models: Sequence[str], tasks: Sequence[str],
         speed = own["train_samples_per_second"].dropna()
         entries.append(Entry(f"{params.median() / 1e6:.2f}M" if len(params) else "–"))
         entries.append(Entry(f"{speed.mean():.0f}" if len(speed) else "–"))
+        if profiles:
+            profile = profiles.get(model)
+            entries += [Entry(), Entry()] if profile is None else [
+                Entry(f"{profile['phases']['finetune']['flops_per_sample'] / 1e9:.3f}"),
+                Entry(f"{profile['phases']['latency_batch1']['median']['p50_s'] * 1e3:.1f}")]
         table.rows.append((model + (" (reference)" if model == reference else ""), entries))
     table.comparisons = _comparisons(tests, reference, "holm")
     return table

@@ -1,4 +1,5 @@
 """Tables and `report`: marks where (and only where) the truth says, honest captions, valid output."""
+import json
 import re
 import shutil
 import subprocess
@@ -167,6 +168,23 @@ def test_report_writes_tables_for_every_suite_and_prints_the_main_table(tmp_path
     assert main.index("| ctal") < main.index("| late_fusion")  # the suite's declared order
     comparisons = pd.read_csv(tmp_path / "tables" / "paper" / "main.comparisons.csv")
     assert set(comparisons["variant"]) == {"ctal"} and (comparisons["n"] == 3).all()
+
+
+def test_report_joins_profile_results_into_the_main_table(tmp_path):
+    rng = np.random.default_rng(6)
+    store = ResultsStore(tmp_path)
+    for r in fabricate(rng, {"late_fusion": 0.0, "ctal": 0.0}, seeds=2):
+        store.write(CellKey(**r["cell"]), {k: v for k, v in r.items() if k != "cell"})
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile" / "ctal.json").write_text(json.dumps({
+        "model": "ctal", "dtype": "fp32", "scale": "cpu", "environment": {"device": "cpu"},
+        "phases": {"finetune": {"flops_per_sample": 2.5e8}, "latency_batch1": {"median": {"p50_s": 0.0012}}}}))
+    report(tmp_path, declarations.load(), ["paper"], figures=False)
+    main = (tmp_path / "tables" / "paper" / "main.md").read_text()
+    assert "| GFLOPs/sample | b1 ms |" in main and "from bench.py profile (cpu, fp32, scale cpu)" in main
+    ctal_row = next(line for line in main.splitlines() if line.startswith("| ctal"))
+    late_row = next(line for line in main.splitlines() if line.startswith("| late_fusion"))
+    assert ctal_row.endswith("| 0.250 | 1.2 |") and late_row.endswith("| – | – |")
 
 
 def test_report_on_an_empty_directory_is_a_user_error(tmp_path):
