@@ -134,7 +134,7 @@ class BootstrapComparison:
     ci_low: float  # percentile interval over speaker resamples
     ci_high: float
     p_value: float  # two-sided: how often the resampled difference reaches 0, (k + 1) / (R + 1)
-    resamples: int
+    resamples: int  # those with the metric defined on both sides
 
 
 def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, metric: Callable[[pd.DataFrame], float],
@@ -156,7 +156,9 @@ def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, metric: Callable[[pd.Data
         chosen = rng.integers(0, len(names), size=len(names))
         rows = np.concatenate([members[i] for i in chosen])
         diffs[r] = metric(a.iloc[rows]) - metric(b.iloc[rows])
-    diffs = diffs[np.isfinite(diffs)]
+    diffs = diffs[np.isfinite(diffs)]  # a resample can leave a metric undefined (NaN)
+    if not len(diffs):
+        return BootstrapComparison(float(observed), math.nan, math.nan, math.nan, 0)
     low, high = np.quantile(diffs, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
     # (k + 1) / (R + 1): a resampling p-value is never exactly 0
     p = min(1.0, 2 * (min(np.sum(diffs <= 0), np.sum(diffs >= 0)) + 1) / (len(diffs) + 1))

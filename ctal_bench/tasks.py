@@ -235,6 +235,9 @@ class VerificationTask(Task):
     cluster = "enroll_speaker"  # a trial belongs to its enrolment speaker
 
     def score_predictions(self, predictions: pd.DataFrame) -> float:
+        """EER of a trial table; NaN when it lacks target or non-target trials (a resample can)."""
+        if predictions["target"].nunique() < 2:
+            return float("nan")
         return eer(predictions["score"], predictions["target"])
 
     def predictions(self, outputs: EvalOutputs) -> pd.DataFrame:

@@ -280,3 +280,21 @@ def test_a_sweep_value_equal_to_the_default_shares_full_ctals_result(tmp_path, d
     assert sentiment["shared_from"] == "ctal__sentiment__synth__fold-0__seed-0"
     assert set(sentiment["metrics"]["test"]) == set(written["ctal__sentiment__synth__fold-0__seed-0.json"]
                                                     ["metrics"]["test"]) and "mae" in sentiment["metrics"]["test"]
+
+
+def test_the_paper_suite_runs_every_variant_and_reports_every_table(tmp_path, data_dir):
+    """Every model and ablation of `paper` on every task, at the tiny size and one epoch."""
+    results = tmp_path / "results"
+    proc = bench("run", "--suite", "paper", "--seeds", "1", "--results", str(results), *TINY,
+                 "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1", data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = cells(results, "paper")
+    assert len(written) == 18 * 3 and all(r["status"] == "done" for r in written.values())
+    assert {name for name, r in written.items() if r.get("shared_from")} == {
+        f"mask_ratio=0.15__{task}__synth__fold-0__seed-0.json" for task in ("emotion", "sentiment", "verification")}
+    tables_dir = results / "tables" / "paper"
+    for name in ("main", "ablations", "sweep-mask_ratio"):
+        assert (tables_dir / f"{name}.md").exists() and (tables_dir / f"{name}.tex").exists()
+    assert (tables_dir / "main.per_example.csv").exists()
+    figures = {p.name for p in (results / "figures" / "paper").iterdir()}
+    assert {"det-verification.png", "sweep-mask_ratio-emotion.png", "seeds-sentiment.pdf"} <= figures

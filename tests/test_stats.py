@@ -109,3 +109,22 @@ def test_paired_bootstrap_of_a_model_with_itself_is_not_significant():
     a = _predictions(np.random.default_rng(4), 0.7)
     result = stats.paired_bootstrap(a, a.copy(), accuracy, "speaker", resamples=100, seed=0)
     assert result.difference == 0 and result.p_value == 1.0
+
+
+def test_paired_bootstrap_skips_resamples_where_the_metric_is_undefined():
+    from ctal_bench import catalog
+    from ctal_bench.registry import TASKS
+
+    catalog.load()
+    verification = TASKS.get("verification")
+    # enrolment speaker "a" has only target trials, "b" only non-target ones: a resample of
+    # only "a" (or only "b") has no EER
+    trials = pd.DataFrame({"enroll_speaker": ["a"] * 4 + ["b"] * 4, "target": [1] * 4 + [0] * 4,
+                           "score": [0.9, 0.8, 0.7, 0.4, 0.5, 0.3, 0.2, 0.1]})
+    assert math.isnan(verification.score_predictions(trials[trials["enroll_speaker"] == "a"]))
+    other = trials.assign(score=trials["score"][::-1].to_numpy())
+    result = stats.paired_bootstrap(trials, other, verification.score_predictions, "enroll_speaker",
+                                    resamples=200, seed=0)
+    assert 0 < result.resamples < 200 and math.isfinite(result.p_value)
+    assert result.difference == pytest.approx(verification.score_predictions(trials)
+                                              - verification.score_predictions(other))
