@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from baselines.common import CTAL_ONLY, MLPHead, TransformerEncoder, check_outputs, mean_max_pool, resolve_size
+from baselines.common import CTAL_ONLY, MLPHead, TransformerEncoder, mean_max_pool, resolve_size
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.models.base import ModelOutput
+from ctal_bench.models.base import ModelOutput, check_outputs
 from ctal_bench.registry import MODELS
 
 # The same widths as CTAL's audio stream at each size (ctal_bench/models/ctal.py); "base" is

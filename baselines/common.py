@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ctal_bench.config import ModelConfig
-from ctal_bench.data.text import SPECIAL_TOKENS
 from ctal_bench.errors import UserError
 from ctal_bench.models.base import ModelOutput
 from ctal_bench.models.ctal import MultiHeadAttention
@@ -64,13 +63,6 @@ def resolve_size(cfg: ModelConfig, presets: dict[str, dict[str, int]],
                         f"model.n_heads {resolved.n_heads}")
     fixed = {k: v for k, v in preset.items() if k not in SIZE_FIELDS}
     return resolved, fixed
-
-
-def check_outputs(vocab_size: int, n_outputs: int) -> None:
-    if vocab_size <= len(SPECIAL_TOKENS):
-        raise UserError(f"vocabulary of {vocab_size} has no room beyond the "
-                        f"{len(SPECIAL_TOKENS)} special tokens (data.vocab_size)")
-    assert n_outputs >= 1, f"n_outputs must be at least 1, got {n_outputs}"
 
 
 def baseline_output(logits: torch.Tensor, embedding: torch.Tensor) -> ModelOutput:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from baselines.common import CTAL_ONLY, MLPHead, RecurrentEncoder, check_outputs, mean_max_pool, resolve_size
+from baselines.common import CTAL_ONLY, MLPHead, RecurrentEncoder, mean_max_pool, resolve_size
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.models.base import ModelOutput
+from ctal_bench.models.base import ModelOutput, check_outputs
 from ctal_bench.registry import MODELS
 
 # d_model = token embedding width; hidden = GRU width per direction (both modalities);

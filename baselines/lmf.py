@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 
 from baselines.common import (CTAL_ONLY, AudioSubNet, TextSubNet, append_one, baseline_output,
-                              check_outputs, resolve_size)
+                              resolve_size)
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.models.base import ModelOutput
+from ctal_bench.models.base import ModelOutput, check_outputs
 from ctal_bench.registry import MODELS
 
 # d_model = token embedding width and per-frame audio width; hidden = text LSTM width;

@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.common import CTAL_ONLY, TransformerEncoder, baseline_output, check_outputs, masked_mean, resolve_size
+from baselines.common import CTAL_ONLY, TransformerEncoder, baseline_output, masked_mean, resolve_size
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.models.base import ModelOutput
+from ctal_bench.models.base import ModelOutput, check_outputs
 from ctal_bench.registry import MODELS
 
 # d_model = the shared width d of every transformer; text_layers / audio_layers = cross-modal

@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from baselines.common import CTAL_ONLY, AudioSubNet, MLPHead, TextSubNet, append_one, check_outputs, resolve_size
+from baselines.common import CTAL_ONLY, AudioSubNet, MLPHead, TextSubNet, append_one, resolve_size
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.models.base import ModelOutput
+from ctal_bench.models.base import ModelOutput, check_outputs
 from ctal_bench.registry import MODELS
 
 # d_model = token embedding width and per-frame audio width; hidden = text LSTM width;

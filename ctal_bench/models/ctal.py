@@ -17,9 +17,8 @@ import torch.nn.functional as F
 
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.data.text import SPECIAL_TOKENS
 from ctal_bench.errors import UserError
-from ctal_bench.models.base import ModelOutput
+from ctal_bench.models.base import ModelOutput, check_outputs
 from ctal_bench.registry import MODELS
 
 HEADS = ("fusion", "concat", "text", "audio")
@@ -328,10 +327,7 @@ class CTAL(nn.Module):
 
     def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
         super().__init__()
-        if vocab_size <= len(SPECIAL_TOKENS):
-            raise UserError(f"vocabulary of {vocab_size} has no room beyond the "
-                            f"{len(SPECIAL_TOKENS)} special tokens (data.vocab_size)")
-        assert n_outputs >= 1, f"n_outputs must be at least 1, got {n_outputs}"
+        check_outputs(vocab_size, n_outputs)
         self.cfg = resolve_size(cfg)
         self.vocab_size = vocab_size
         self.text_stream = TextStream(self.cfg, vocab_size)
