@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from baselines.common import CTAL_ONLY, MLPHead, TransformerEncoder, mean_max_pool, resolve_size
+from baselines.common import Baseline, MLPHead, TransformerEncoder, mean_max_pool
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.models.base import ModelOutput, check_outputs
+from ctal_bench.models.base import ModelOutput
 from ctal_bench.registry import MODELS
 
 # The same widths as CTAL's audio stream at each size (ctal_bench/models/ctal.py); "base" is
@@ -20,16 +20,14 @@ PRESETS: dict[str, dict[str, int]] = {
 
 
 @MODELS.register("audio_only")
-class AudioOnly(nn.Module):
+class AudioOnly(Baseline):
     """Audio only: frame transformer, masked mean+max pooling, MLP head."""
 
+    model_name = "audio_only"
     presets = PRESETS
-    unused_fields = CTAL_ONLY
 
     def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
-        super().__init__()
-        check_outputs(vocab_size, n_outputs)
-        self.cfg, _ = resolve_size(cfg, PRESETS, "audio_only")
+        super().__init__(cfg, n_outputs, vocab_size)
         d = self.cfg.d_model
         self.input_projection = nn.Linear(AUDIO_DIM, d)
         self.encoder = TransformerEncoder(d, self.cfg.n_heads, self.cfg.ffn_dim, self.cfg.audio_layers,

@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ctal_bench.config import ModelConfig
 from ctal_bench.errors import UserError
-from ctal_bench.models.base import ModelOutput
+from ctal_bench.models.base import ModelOutput, check_outputs
 from ctal_bench.models.ctal import MultiHeadAttention
 
 # ModelConfig fields that size a model; 0 means "take the preset's value".
@@ -63,6 +63,21 @@ def resolve_size(cfg: ModelConfig, presets: dict[str, dict[str, int]],
                         f"model.n_heads {resolved.n_heads}")
     fixed = {k: v for k, v in preset.items() if k not in SIZE_FIELDS}
     return resolved, fixed
+
+
+class Baseline(nn.Module):
+    """What every baseline shares: named sizes (``presets``, resolved and checked here, the
+    preset's fixed widths in ``self.fixed``) and none of CTAL's switches (``unused_fields``: a
+    scale's values for them do not reach a baseline; set any other way they are an error)."""
+
+    model_name: str  # as registered, for messages
+    presets: dict[str, dict[str, int]]
+    unused_fields = CTAL_ONLY
+
+    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
+        super().__init__()
+        check_outputs(vocab_size, n_outputs)
+        self.cfg, self.fixed = resolve_size(cfg, self.presets, self.model_name)
 
 
 def baseline_output(logits: torch.Tensor, embedding: torch.Tensor) -> ModelOutput:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from baselines.common import CTAL_ONLY, MLPHead, RecurrentEncoder, mean_max_pool, resolve_size
+from baselines.common import Baseline, MLPHead, RecurrentEncoder, mean_max_pool
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.models.base import ModelOutput, check_outputs
+from ctal_bench.models.base import ModelOutput
 from ctal_bench.registry import MODELS
 
 # d_model = token embedding width; hidden = GRU width per direction (both modalities);
@@ -28,16 +28,14 @@ PRESETS: dict[str, dict[str, int]] = {
 
 
 @MODELS.register("late_fusion")
-class LateFusion(nn.Module):
+class LateFusion(Baseline):
     """Late fusion (LF-DNN / MultiBench): BiGRU per modality, mean+max pooled, concatenated, MLP."""
 
+    model_name = "late_fusion"
     presets = PRESETS
-    unused_fields = CTAL_ONLY
 
     def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
-        super().__init__()
-        check_outputs(vocab_size, n_outputs)
-        self.cfg, _ = resolve_size(cfg, PRESETS, "late_fusion")
+        super().__init__(cfg, n_outputs, vocab_size)
         c = self.cfg
         self.token_embedding = nn.Embedding(vocab_size, c.d_model)
         self.dropout = nn.Dropout(c.dropout)

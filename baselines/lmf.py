@@ -13,11 +13,10 @@ import math
 import torch
 import torch.nn as nn
 
-from baselines.common import (CTAL_ONLY, AudioSubNet, TextSubNet, append_one, baseline_output,
-                              resolve_size)
+from baselines.common import AudioSubNet, Baseline, TextSubNet, append_one, baseline_output
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.models.base import ModelOutput, check_outputs
+from ctal_bench.models.base import ModelOutput
 from ctal_bench.registry import MODELS
 
 # d_model = token embedding width and per-frame audio width; hidden = text LSTM width;
@@ -64,16 +63,15 @@ class LowRankFusion(nn.Module):
 
 
 @MODELS.register("lmf")
-class LMF(nn.Module):
+class LMF(Baseline):
     """Low-rank Multimodal Fusion: TFN's subnetworks, rank-r modality factors instead of the tensor."""
 
+    model_name = "lmf"
     presets = PRESETS
-    unused_fields = CTAL_ONLY
 
     def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
-        super().__init__()
-        check_outputs(vocab_size, n_outputs)
-        self.cfg, fixed = resolve_size(cfg, PRESETS, "lmf")
+        super().__init__(cfg, n_outputs, vocab_size)
+        fixed = self.fixed
         c = self.cfg
         self.text_subnet = TextSubNet(vocab_size, c.d_model, c.hidden, c.text_layers, fixed["text_out"],
                                       c.dropout)

@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.common import CTAL_ONLY, TransformerEncoder, baseline_output, masked_mean, resolve_size
+from baselines.common import Baseline, TransformerEncoder, baseline_output, masked_mean
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.models.base import ModelOutput, check_outputs
+from ctal_bench.models.base import ModelOutput
 from ctal_bench.registry import MODELS
 
 # d_model = the shared width d of every transformer; text_layers / audio_layers = cross-modal
@@ -56,16 +56,15 @@ class MaskedConv1d(nn.Conv1d):
 
 
 @MODELS.register("mult")
-class MulT(nn.Module):
+class MulT(Baseline):
     """Multimodal Transformer: cross-modal attention both ways, self-attention memories, residual MLP."""
 
+    model_name = "mult"
     presets = PRESETS
-    unused_fields = CTAL_ONLY
 
     def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
-        super().__init__()
-        check_outputs(vocab_size, n_outputs)
-        self.cfg, fixed = resolve_size(cfg, PRESETS, "mult")
+        super().__init__(cfg, n_outputs, vocab_size)
+        fixed = self.fixed
         c = self.cfg
         d = c.d_model
         self.token_embedding = nn.Embedding(vocab_size, fixed["embed_dim"])

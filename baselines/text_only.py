@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from baselines.common import CTAL_ONLY, MLPHead, TransformerEncoder, mean_max_pool, resolve_size
+from baselines.common import Baseline, MLPHead, TransformerEncoder, mean_max_pool
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import Batch
-from ctal_bench.models.base import ModelOutput, check_outputs
+from ctal_bench.models.base import ModelOutput
 from ctal_bench.registry import MODELS
 
 # The same widths as one stream of CTAL at each size (ctal_bench/models/ctal.py), so that the
@@ -21,16 +21,14 @@ PRESETS: dict[str, dict[str, int]] = {
 
 
 @MODELS.register("text_only")
-class TextOnly(nn.Module):
+class TextOnly(Baseline):
     """Transcript only: token transformer, masked mean+max pooling, MLP head."""
 
+    model_name = "text_only"
     presets = PRESETS
-    unused_fields = CTAL_ONLY
 
     def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
-        super().__init__()
-        check_outputs(vocab_size, n_outputs)
-        self.cfg, _ = resolve_size(cfg, PRESETS, "text_only")
+        super().__init__(cfg, n_outputs, vocab_size)
         d = self.cfg.d_model
         self.token_embedding = nn.Embedding(vocab_size, d)
         # The encoder scales its input by sqrt(d) (as MulT/fairseq do), so unit-variance rows.

@@ -6,12 +6,11 @@ every product z_t[i] * z_a[j]. A post-fusion MLP reads the flattened tensor.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
-from baselines.common import CTAL_ONLY, AudioSubNet, MLPHead, TextSubNet, append_one, resolve_size
+from baselines.common import AudioSubNet, Baseline, MLPHead, TextSubNet, append_one
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.models.base import ModelOutput, check_outputs
+from ctal_bench.models.base import ModelOutput
 from ctal_bench.registry import MODELS
 
 # d_model = token embedding width and per-frame audio width; hidden = text LSTM width;
@@ -29,16 +28,15 @@ PRESETS: dict[str, dict[str, int]] = {
 
 
 @MODELS.register("tfn")
-class TFN(nn.Module):
+class TFN(Baseline):
     """Tensor Fusion Network: LSTM text and pooled-MLP audio vectors, outer product, MLP."""
 
+    model_name = "tfn"
     presets = PRESETS
-    unused_fields = CTAL_ONLY
 
     def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
-        super().__init__()
-        check_outputs(vocab_size, n_outputs)
-        self.cfg, fixed = resolve_size(cfg, PRESETS, "tfn")
+        super().__init__(cfg, n_outputs, vocab_size)
+        fixed = self.fixed
         c = self.cfg
         self.text_subnet = TextSubNet(vocab_size, c.d_model, c.hidden, c.text_layers, fixed["text_out"],
                                       c.dropout)
