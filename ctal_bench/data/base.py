@@ -1,12 +1,13 @@
 """The types every dataset module produces: examples, splits and verification trials."""
 from __future__ import annotations
 
+import csv
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Iterator, Sequence
 
-from ctal_bench.errors import UserError
+from ctal_bench.errors import DataError, UserError
 
 EMOTIONS = ("neutral", "happy", "sad", "angry")  # class index = position
 
@@ -79,3 +80,28 @@ class Dataset(ABC):
     def check_task(self, task: str) -> None:
         if task not in self.tasks:
             raise UserError(f"dataset {self.name!r} has no task {task!r}; it has {', '.join(self.tasks)}")
+
+
+def csv_rows(path: Path, columns: Sequence[str],
+             encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, str]]]:
+    """(line, row) for each row of a CSV file whose header names ``columns``.
+
+    A missing column, a row with more or fewer fields than the header, or a file that is not
+    UTF-8 text or not CSV is a DataError naming the file (and the line); opening errors propagate.
+    """
+    with open(path, newline="", encoding=encoding) as f:
+        try:
+            reader = csv.DictReader(f)
+            missing = [c for c in columns if c not in (reader.fieldnames or ())]
+            if missing:
+                raise DataError(path, f"missing column(s) {', '.join(missing)}; "
+                                      f"expected a header with {', '.join(columns)}", 1)
+            for row in reader:
+                if None in row or None in row.values():
+                    raise DataError(path, f"expected {len(reader.fieldnames)} fields as in the header",
+                                    reader.line_num)
+                yield reader.line_num, row
+        except UnicodeDecodeError:
+            raise DataError(path, "expected a UTF-8 CSV file") from None
+        except csv.Error as e:
+            raise DataError(path, f"malformed CSV ({e})") from None

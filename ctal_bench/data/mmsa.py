@@ -10,11 +10,10 @@ Speaker = video_id: a video is one speaker, so it is the cluster the speaker boo
 """
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
-from ctal_bench.data.base import Dataset, Example, Split
+from ctal_bench.data.base import Dataset, Example, Split, csv_rows
 from ctal_bench.errors import DataError, UserError
 from ctal_bench.registry import DATASETS
 
@@ -45,27 +44,12 @@ class MMSADataset(Dataset):
         path = self.label_path
         parts: dict[str, list[Example]] = {part: [] for part in MODE_TO_PART.values()}
         seen: dict[str, int] = {}  # uid -> line of its first row
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or ())]
-                if missing:
-                    raise DataError(path, f"missing column(s) {', '.join(missing)}; expected a header with "
-                                          f"{', '.join(REQUIRED_COLUMNS)}", 1)
-                n_columns = len(reader.fieldnames)
-                for row in reader:
-                    line = reader.line_num
-                    if None in row or None in row.values():
-                        raise DataError(path, f"expected {n_columns} fields as in the header", line)
-                    example, part = self._parse_row(row, line, raw_dir)
-                    if example.uid in seen:
-                        raise DataError(path, f"clip {example.uid} repeats line {seen[example.uid]}", line)
-                    seen[example.uid] = line
-                    parts[part].append(example)
-        except UnicodeDecodeError:
-            raise DataError(path, "expected a UTF-8 CSV file") from None
-        except csv.Error as e:
-            raise DataError(path, f"malformed CSV ({e})") from None
+        for line, row in csv_rows(path, REQUIRED_COLUMNS, encoding="utf-8-sig"):
+            example, part = self._parse_row(row, line, raw_dir)
+            if example.uid in seen:
+                raise DataError(path, f"clip {example.uid} repeats line {seen[example.uid]}", line)
+            seen[example.uid] = line
+            parts[part].append(example)
         for mode, part in MODE_TO_PART.items():
             if not parts[part]:
                 raise DataError(path, f"no row with mode {mode!r}; expected rows for each of train, valid, test")

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctal_bench.data.base import EMOTIONS, Dataset, Example, Split
+from ctal_bench.data.base import EMOTIONS, Dataset, Example, Split, csv_rows
 from ctal_bench.data.trials import build_trials
 from ctal_bench.errors import DataError, UserError
 from ctal_bench.registry import DATASETS
@@ -636,31 +636,19 @@ def _parse_row(path: Path, line: int, row: dict) -> dict:
 def read_utterances(root: Path) -> list[dict]:
     """The rows of utterances.csv, typed and validated (every listed audio file must exist)."""
     path = Path(root) / UTTERANCES
+    rows, seen = [], set()
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in UTTERANCE_COLUMNS if c not in (reader.fieldnames or ())]
-            if missing:
-                raise DataError(path, f"missing column(s) {', '.join(missing)}; expected a header with "
-                                      f"{', '.join(UTTERANCE_COLUMNS)}", 1)
-            rows, seen = [], set()
-            for row in reader:
-                if None in row or None in row.values():
-                    raise DataError(path, f"expected {len(reader.fieldnames)} fields as in the header",
-                                    reader.line_num)
-                parsed = _parse_row(path, reader.line_num, row)
-                if parsed["uid"] in seen:
-                    raise DataError(path, f"duplicate uid {parsed['uid']!r}; expected unique uids",
-                                    reader.line_num)
-                if not (Path(root) / parsed["audio"]).is_file():
-                    raise DataError(Path(root) / parsed["audio"],
-                                    f"missing audio file listed in {UTTERANCES} line {reader.line_num}")
-                seen.add(parsed["uid"])
-                rows.append(parsed)
+        for line, row in csv_rows(path, UTTERANCE_COLUMNS):
+            parsed = _parse_row(path, line, row)
+            if parsed["uid"] in seen:
+                raise DataError(path, f"duplicate uid {parsed['uid']!r}; expected unique uids", line)
+            if not (Path(root) / parsed["audio"]).is_file():
+                raise DataError(Path(root) / parsed["audio"],
+                                f"missing audio file listed in {UTTERANCES} line {line}")
+            seen.add(parsed["uid"])
+            rows.append(parsed)
     except FileNotFoundError:
         raise DataError(path, "missing; expected the synth utterance table") from None
-    except UnicodeDecodeError:
-        raise DataError(path, "expected a UTF-8 CSV file") from None
     except OSError as e:
         raise DataError(path, f"cannot be read ({e.strerror}); expected the synth utterance table") from None
     if not rows:
