@@ -436,9 +436,10 @@ def _converted_state(path: Path) -> dict:
     return state
 
 
-def converted_tokenizer(path: Path) -> Tokenizer:
-    """The released tokenizer saved beside a converted checkpoint."""
-    record = _converted_state(path)["record"]
+def converted_tokenizer(path: Path, record: dict | None = None) -> Tokenizer:
+    """The released tokenizer saved beside a converted checkpoint (``record``: its record, if
+    already loaded)."""
+    record = record or _converted_state(path)["record"]
     return Tokenizer.from_str((Path(path).parent / record["tokenizer"]).read_text(encoding="utf-8"))
 
 
@@ -458,7 +459,7 @@ def load_converted(path: Path, n_outputs: int = 1) -> tuple[CTAL, Tokenizer]:
     """A converted checkpoint (see ``convert``) as our CTAL and its tokenizer."""
     state = _converted_state(path)
     record = state["record"]
-    tokenizer = converted_tokenizer(path)
+    tokenizer = converted_tokenizer(path, record)
     imported = Imported(state["model"], record["model_config"], tokenizer, record["global_step"], ())
     return build(imported, n_outputs), tokenizer
 
