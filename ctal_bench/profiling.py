@@ -312,9 +312,9 @@ def run(decl, models: Sequence[str], scale: str, overrides: Sequence[str], devic
     from rich.progress import Progress
 
     from ctal_bench import tables
-    from ctal_bench.config import Config, apply_overrides, to_dict
+    from ctal_bench.config import apply_overrides, to_dict
     from ctal_bench.results import atomic_write_text, environment
-    from ctal_bench.runner import scale_overrides
+    from ctal_bench.runner import base_config
 
     console = console or Console()
     warmup = warmup if warmup is not None else (20 if compile else 5)
@@ -328,10 +328,8 @@ def run(decl, models: Sequence[str], scale: str, overrides: Sequence[str], devic
         task = progress.add_task("profile", total=len(models))
         for name in models:
             progress.update(task, description=f"profile {name}")
-            cfg = apply_overrides(Config(), scale_overrides(decl, scale, name))
-            if name in decl.models:
-                cfg = apply_overrides(cfg, decl.models.get(name).overrides)
-            cfg = apply_overrides(apply_overrides(cfg, list(overrides)), {"model.name": name})
+            cfg = apply_overrides(base_config(decl, scale, name), list(overrides))
+            cfg = apply_overrides(cfg, {"model.name": name})
             shapes, vocab_size, n_outputs = data_shapes(cfg, data)
             record = pool.submit(_profile_in_child, cfg, vocab_size, n_outputs, shapes, str(device), dtype,
                                  compile, steps, warmup, threads).result()

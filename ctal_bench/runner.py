@@ -104,25 +104,26 @@ def request_from_args(args, decl: Declarations, suite: Suite, variants: list[Var
                    parse_data_paths(args.data), args.device)
 
 
-def scale_overrides(decl: Declarations, scale: str, model: str) -> dict:
-    """A scale's overrides for one model.
+def base_config(decl: Declarations, scale: str, model: str) -> Config:
+    """Defaults <- the scale ("" = none) <- the model's own settings (``[model.NAME]``).
 
-    Values for fields the model has no part for (its ``unused_fields``, e.g. CTAL's switches on
-    a baseline) do not reach it; set any other way, they are an error.
+    A scale's values for fields the model has no part for (its ``unused_fields``, e.g. CTAL's
+    switches on a baseline) do not reach it; set any other way, they are an error.
     """
-    unused = {f"model.{name}" for name in getattr(MODELS.get(model), "unused_fields", ())}
-    return {k: v for k, v in decl.scales.get(scale).overrides.items() if k not in unused}
+    cfg = Config()
+    if scale:
+        unused = {f"model.{name}" for name in getattr(MODELS.get(model), "unused_fields", ())}
+        overrides = decl.scales.get(scale).overrides
+        cfg = apply_overrides(cfg, {k: v for k, v in overrides.items() if k not in unused})
+    if model in decl.models:
+        cfg = apply_overrides(cfg, decl.models.get(model).overrides)
+    return cfg
 
 
 def cell_config(decl: Declarations, suite: Suite, request: Request, variant: Variant, task: str, seed: int) -> Config:
     """Defaults <- scale <- the model's own settings <- suite <- variant <- --set, then the
     cell's own coordinates."""
-    cfg = Config()
-    if request.scale:
-        cfg = apply_overrides(cfg, scale_overrides(decl, request.scale, variant.model))
-    if variant.model in decl.models:
-        cfg = apply_overrides(cfg, decl.models.get(variant.model).overrides)
-    cfg = apply_overrides(cfg, suite.overrides)
+    cfg = apply_overrides(base_config(decl, request.scale, variant.model), suite.overrides)
     cfg = apply_overrides(cfg, variant.overrides)
     cfg = apply_overrides(cfg, list(request.overrides))
     dataset = dataset_for(suite, task, request.data_paths)

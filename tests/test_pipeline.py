@@ -18,7 +18,7 @@ from ctal_bench.data.prepare import DataPipeline
 from ctal_bench.pretrain import pretrain_losses
 from ctal_bench.registry import MODELS, TASKS
 from ctal_bench.training import Schedule, fit
-from ctal_bench.runner import scale_overrides
+from ctal_bench.runner import base_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "data.size=tiny", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
@@ -185,7 +185,7 @@ def test_every_model_runs_every_task_through_the_one_loop(tiny_data, model, task
     from ctal_bench.finetune import finetune
 
     torch.set_num_threads(1)
-    cfg = apply_overrides(Config(), scale_overrides(declarations.load(), "smoke", model))
+    cfg = base_config(declarations.load(), "smoke", model)
     cfg = apply_overrides(cfg, ["data.size=tiny", "finetune.epochs=1", f"model.name={model}"])
     outcome = finetune(cfg, task, tiny_data.task_data(cfg, task, "0"), None, torch.device("cpu"))
     assert set(outcome.metrics["test"]) == set(TASKS.get(task).metric_names)
