@@ -313,7 +313,8 @@ def run(decl, models: Sequence[str], scale: str, overrides: Sequence[str], devic
 
     from ctal_bench import tables
     from ctal_bench.config import apply_overrides, to_dict
-    from ctal_bench.results import atomic_write_text, environment
+    from ctal_bench.files import atomic_write_text
+    from ctal_bench.results import environment
     from ctal_bench.runner import base_config
 
     console = console or Console()

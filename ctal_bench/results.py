@@ -6,16 +6,16 @@ its hash, so a rerun can skip cells that finished with the same config and redo 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pandas as pd
+
+from ctal_bench.files import atomic_write_text
 
 DONE, FAILED = "done", "failed"
 
@@ -34,24 +34,6 @@ class CellKey:
         return f"{self.variant}__{self.task}__{self.dataset}__fold-{self.fold}__seed-{self.seed}"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``.
-
-    A reader sees either the old file, the whole new one, or nothing; never a partial file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class ResultsStore:
     """``root/runs/<suite>/<cell id>.json`` and ``<cell id>.preds.csv``."""
 
@@ -66,12 +48,13 @@ class ResultsStore:
 
     def write(self, key: CellKey, record: dict[str, Any]) -> Path:
         path = self.cell_path(key)
-        atomic_write_text(path, json.dumps({"cell": asdict(key), **record}, indent=1, default=_jsonable))
+        atomic_write_text(path, json.dumps({"cell": asdict(key), **record}, indent=1, default=_jsonable),
+                          durable=True)
         return path
 
     def write_predictions(self, key: CellKey, predictions: pd.DataFrame) -> Path:
         path = self.predictions_path(key)
-        atomic_write_text(path, predictions.to_csv(index=False))
+        atomic_write_text(path, predictions.to_csv(index=False), durable=True)
         return path
 
     def read(self, key: CellKey) -> dict[str, Any] | None:

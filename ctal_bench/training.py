@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from ctal_bench.data.batching import Batch
+from ctal_bench.files import atomic_write
 from ctal_bench.metrics import is_better
 from ctal_bench.optim import adamw, lr_at
 
@@ -135,7 +135,4 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], steps_per_e
 
 def save_atomic(path: Path, state: dict) -> None:
     """Atomic torch.save: a crash mid-write never leaves a truncated checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))

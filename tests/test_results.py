@@ -43,12 +43,12 @@ def test_reader_skips_partial_and_temporary_files(tmp_path):
 
 WRITER = """
 import os, signal, sys
-from ctal_bench import results
+from ctal_bench import files
 from ctal_bench.results import CellKey, ResultsStore
 if sys.argv[2] == "die-before-rename":
     def die(*a):  # the process is killed after writing the temporary file, before the rename
         os.kill(os.getpid(), signal.SIGKILL)
-    results.os.replace = die
+    files.os.replace = die
 store = ResultsStore(sys.argv[1])
 payload = {"status": "done", "config_hash": "h", "blob": "x" * 5_000_000}
 i = 0

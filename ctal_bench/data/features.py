@@ -17,7 +17,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -31,6 +30,7 @@ import torchaudio
 from ctal_bench.config import FeatureConfig, config_hash
 from ctal_bench.data.base import Example
 from ctal_bench.errors import DataError, UserError
+from ctal_bench.files import atomic_write
 
 # Bump when the extraction algorithm changes, so old cache entries are not reused.
 FEATURE_VERSION = 1
@@ -146,19 +146,6 @@ def compute_features(path: Path, cfg: FeatureConfig) -> np.ndarray:
 
 # --- cache entries and the digest index -----------------------------------------------------
 
-def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
-    """Write through a temp file in the same directory, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _entry_path(root: Path, digest: str) -> Path:
     return root / digest[:2] / f"{digest}.npy"
 
@@ -176,7 +163,7 @@ def _load_entry(path: Path, dim: int) -> np.ndarray | None:
 
 def _extract_and_store(path: Path, cfg: FeatureConfig, entry: Path) -> np.ndarray:
     feats = compute_features(path, cfg)
-    _atomic_write(entry, lambda f: np.save(f, feats, allow_pickle=False))
+    atomic_write(entry, lambda f: np.save(f, feats, allow_pickle=False))
     return feats
 
 
@@ -228,7 +215,7 @@ class _DigestIndex:
     def save(self) -> None:
         if self.changed:
             text = json.dumps(self.entries, separators=(",", ":")).encode()
-            _atomic_write(self.path, lambda f: f.write(text))
+            atomic_write(self.path, lambda f: f.write(text))
             self.changed = False
 
 

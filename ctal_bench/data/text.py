@@ -7,8 +7,6 @@ pipeline on a single string.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -16,6 +14,7 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from ctal_bench.errors import UserError
+from ctal_bench.files import atomic_write_text
 
 # RoBERTa-style specials; their ids are their positions, fixed for every vocabulary.
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")
@@ -86,15 +85,7 @@ def load_or_train_tokenizer(texts: Iterable[str], vocab_size: int, cache_dir: Pa
         except Exception:  # the library raises a bare Exception for a corrupt file: retrain
             pass
     tokenizer = train_tokenizer(texts, vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(tokenizer.to_str())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, tokenizer.to_str())
     return tokenizer
 
 
