@@ -16,6 +16,8 @@ EXAMPLES = """examples:
   python bench.py run --suite paper --data iemocap=/data/IEMOCAP_full_release
   python bench.py ablate --drop fusion --suite smoke
   python bench.py ablate --sweep mask_ratio
+  python bench.py run --suite paper --jobs 2
+  python bench.py run --suite paper --executor ray --address auto
   python bench.py list ablations
   python bench.py data synth --size default
   python bench.py data check /data/IEMOCAP_full_release --format iemocap
@@ -53,6 +55,15 @@ def _suite_narrowing_args(p):
     p.add_argument("--data", nargs="+", default=[], metavar="NAME=PATH",
                    help="point tasks at real data, e.g. iemocap=PATH mosei=PATH librispeech=PATH")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: this machine (default); ray: tasks on a Ray cluster (pip install -e '.[ray]')")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="local executor: cells run in N worker processes, cores/N threads each (default 1: "
+                   "in this process)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="ray executor: auto (the cluster this node belongs to) or HOST:PORT; default: start a "
+                   "local cluster")
+    p.add_argument("--cpus-per-cell", type=int, default=1, metavar="N", help="ray executor: CPUs per cell task")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,6 @@ goes on. Pre-training is shared: one per distinct pre-training config and seed.
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +19,7 @@ from ctal_bench import declarations
 from ctal_bench.config import Config, apply_overrides, config_hash, to_dict
 from ctal_bench.declarations import Declarations, Suite, Variant
 from ctal_bench.errors import UserError
+from ctal_bench.executors import InProcess, Workspace, executor_from_args, failed_record
 from ctal_bench.registry import DATASETS, MODELS, TASKS
 from ctal_bench.results import DONE, FAILED, CellKey, ResultsStore, environment
 
@@ -41,6 +41,7 @@ class Summary:
     ran: list[tuple[Cell, dict]] = field(default_factory=list)
     skipped: list[tuple[Cell, dict]] = field(default_factory=list)
     failed: list[tuple[Cell, dict]] = field(default_factory=list)
+    unfinished: list[Cell] = field(default_factory=list)  # their worker died; a rerun runs them
 
     @property
     def records(self) -> list[tuple[Cell, dict]]:
@@ -225,52 +226,71 @@ def share_result(twin: Cell, cell: Cell, store: ResultsStore) -> dict:
     return record
 
 
-def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console) -> Summary:
-    """Run the cells not already done; a cell whose config equals a finished one's shares its
-    result. A failing cell is recorded with its traceback and the rest go on."""
+def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console, executor=None,
+              workspace: Workspace | None = None) -> Summary:
+    """Run the cells not already done, on ``executor`` (default: this process). A cell whose
+    task and config equal another's shares that cell's result instead of training again (the
+    task is a cell coordinate, not part of the config). A failing cell is recorded with its
+    traceback and the rest go on."""
+    executor = executor or InProcess()
+    workspace = workspace or Workspace(store.root, data.data_dir, tuple(data.data_paths.items()))
     summary = Summary()
-    todo = []
+    finished: dict[tuple[str, str], Cell] = {}  # (task, config hash) -> a finished cell
     for cell in cells:
         if store.is_done(cell.key, cell.hash):
             summary.skipped.append((cell, store.read(cell.key)))
+            finished.setdefault((cell.key.task, cell.hash), cell)
+    todo, twins, first = [], {}, {}  # twins: a cell to run -> the cells that will share its result
+    left = [cell for cell in cells if not store.is_done(cell.key, cell.hash)]
+    for cell in left:
+        same = (cell.key.task, cell.hash)
+        if same in finished:
+            summary.ran.append((cell, share_result(finished[same], cell, store)))
+        elif same in first:
+            twins[first[same].key].append(cell)
         else:
+            first[same] = cell
+            twins[cell.key] = []
             todo.append(cell)
-    console.print(f"{len(cells)} cells: {len(summary.skipped)} already done, {len(todo)} to run")
+    console.print(f"{len(cells)} cells: {len(summary.skipped)} already done, {len(left)} to run"
+                  + (f" ({len(left) - len(todo)} share a result)" if len(todo) < len(left) else ""))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        overall = progress.add_task("cells", total=len(todo))
-        steps = progress.add_task("steps", total=None)
-        started = time.perf_counter()
-        # The task is a cell coordinate, not part of the config: two cells are the same work
-        # only when both their task and their config hash agree.
-        done_by_hash = {(cell.key.task, cell.hash): cell for cell, _ in summary.skipped}
-        for finished, cell in enumerate(todo):
-            k = cell.key
-            per_cell = f", {(time.perf_counter() - started) / finished:.0f} s/cell" if finished else ""
+        overall = progress.add_task("cells", total=len(left), completed=len(left) - sum(1 + len(t) for t in twins.values()))
+        steps = progress.add_task("steps", total=None, visible=isinstance(executor, InProcess))
+        started, trained = time.perf_counter(), 0
+
+        def describe() -> None:
+            remaining = sum(1 + len(twins.get(c.key, ())) for c in todo) - trained
+            per_cell = f", {(time.perf_counter() - started) / trained:.0f} s/cell" if trained else ""
             progress.update(overall, description=f"cells (done {len(summary.ran)}, failed {len(summary.failed)}, "
-                            f"running 1, left {len(todo) - finished - 1}{per_cell})")
+                            f"running {min(executor.workers, remaining)}, left {remaining}{per_cell})")
+
+        def on_start(cell: Cell) -> None:
+            k = cell.key
             progress.update(steps, description=f"running {k.variant} · {k.task} · fold {k.fold} · seed {k.seed}",
                             completed=0)
-            try:
-                twin = done_by_hash.get((cell.key.task, cell.hash))
-                if twin is not None:  # e.g. a sweep value that equals the default
-                    record = share_result(twin, cell, store)
-                else:
-                    record = run_cell(cell, data, store, store.root / "checkpoints",
-                                      on_step=lambda: progress.advance(steps))
-                summary.ran.append((cell, record))
-                done_by_hash.setdefault((cell.key.task, cell.hash), cell)
-            except (KeyboardInterrupt, UserError):
-                raise
-            except Exception:  # a bug or a numerical failure in one cell: record it, go on
-                record = {"status": FAILED, "config_hash": cell.hash, "config": to_dict(cell.config),
-                          "variant": cell.variant.name, "traceback": traceback.format_exc(),
-                          "environment": environment()}
-                store.write(cell.key, record)
+
+        describe()
+        for cell, record in executor.run(todo, data, workspace, on_start, lambda: progress.advance(steps)):
+            trained += 1
+            group = [cell, *twins.get(cell.key, ())]
+            if record is None:  # its worker died: left unfinished for the next run
+                summary.unfinished += group
+            elif record["status"] == FAILED:
                 summary.failed.append((cell, record))
-                console.print(f"[red]failed[/red] {k.id}: {record['traceback'].strip().splitlines()[-1]}")
-            progress.advance(overall)
+                console.print(f"[red]failed[/red] {cell.key.id}: {record['traceback'].strip().splitlines()[-1]}")
+                for twin in group[1:]:
+                    failure = failed_record(twin, f"shares the config of {cell.key.id}, which failed:\n"
+                                            + record["traceback"])
+                    store.write(twin.key, failure)
+                    summary.failed.append((twin, failure))
+            else:
+                summary.ran.append((cell, record))
+                summary.ran += [(twin, share_result(cell, twin, store)) for twin in group[1:]]
+            progress.advance(overall, len(group))
+            describe()
         progress.update(overall, description=f"cells (done {len(summary.ran)}, failed {len(summary.failed)})")
     return summary
 
@@ -336,16 +356,16 @@ def comparison_table(summary: Summary, request: Request, title: str) -> Table:
 
 
 def execute(decl: Declarations, request: Request, results: Path, data_dir: Path | None, title: str,
-            comparison: bool = False) -> int:
-    """Run the request's cells and print the per-cell summary, or (``comparison``) one row per
-    variant against the first."""
+            executor=None, comparison: bool = False) -> int:
+    """Run the request's cells on ``executor`` and print the per-cell summary, or
+    (``comparison``) one row per variant against the first."""
     from ctal_bench.data import default_data_dir
     from ctal_bench.data.prepare import DataPipeline
 
     console = Console()
     data = DataPipeline(data_dir or default_data_dir(), request.data_paths)
     cells = expand(decl, request, data)
-    summary = run_cells(cells, data, ResultsStore(results), console)
+    summary = run_cells(cells, data, ResultsStore(results), console, executor)
     if comparison:
         console.print(comparison_table(summary, request, title))
     else:
@@ -358,8 +378,10 @@ def execute(decl: Declarations, request: Request, results: Path, data_dir: Path 
         console.print(f"[red]{len(summary.failed)} of {len(cells)} cells failed:[/red] "
                       + ", ".join(cell.key.id for cell, _ in summary.failed)
                       + f" (tracebacks in {results}/runs/{request.suite}/)")
-        return 1
-    return 0
+    if summary.unfinished:
+        console.print(f"[red]{len(summary.unfinished)} cells unfinished[/red] (a worker died): rerun the same "
+                      "command to run them")
+    return 1 if summary.failed or summary.unfinished else 0
 
 
 def run_from_cli(args) -> int:
@@ -367,7 +389,7 @@ def run_from_cli(args) -> int:
     suite = decl.suites.get(args.suite)
     request = request_from_args(args, decl, suite, suite_variants(decl, suite, args.models))
     _validate(decl, request)
-    return execute(decl, request, args.results, args.data_dir, f"suite {suite.name}")
+    return execute(decl, request, args.results, args.data_dir, f"suite {suite.name}", executor_from_args(args))
 
 
 def ablate_from_cli(args) -> int:
@@ -384,7 +406,8 @@ def ablate_from_cli(args) -> int:
     request = request_from_args(args, decl, suite, variants)
     _validate(decl, request)
     return execute(decl, request, args.results, args.data_dir,
-                   f"ablation {', '.join(a.name for a in chosen)} (suite {suite.name})", comparison=True)
+                   f"ablation {', '.join(a.name for a in chosen)} (suite {suite.name})", executor_from_args(args),
+                   comparison=True)
 
 
 def find_ablation(decl: Declarations, part: str):

@@ -1,0 +1,256 @@
+"""Where cells run: in this process, in N local worker processes, or as tasks on a Ray cluster.
+
+Every executor runs the same two units of work with the same functions: a shared pre-training
+(``pretrain_unit``) and a cell (``cell_unit``). Workers write each cell's record and predictions
+themselves, atomically, to the shared results directory, and hand the record back. A unit whose
+worker dies comes back as ``None``: the cell stays unfinished, and rerunning the suite runs it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from ctal_bench.config import config_hash, to_dict
+from ctal_bench.errors import UserError
+from ctal_bench.results import FAILED, ResultsStore, environment
+
+# (cell, its record, or None when its worker died before writing one)
+Outcome = tuple["Cell", "dict | None"]  # noqa: F821 (runner.Cell; a string to avoid an import cycle)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """What a worker needs to rebuild the data pipeline and the results store."""
+
+    results: Path
+    data_dir: Path
+    data_paths: tuple[tuple[str, Path], ...] = ()  # --data NAME=PATH pairs (a tuple: hashable)
+
+    def resolved(self) -> Workspace:
+        """Absolute paths, as workers on other nodes (or in other directories) need them."""
+        return Workspace(self.results.resolve(), self.data_dir.resolve(),
+                         tuple((name, path.resolve()) for name, path in self.data_paths))
+
+
+_pipelines: dict[Workspace, object] = {}  # one DataPipeline per worker process (it caches features)
+
+
+def _pipeline(workspace: Workspace):
+    from ctal_bench import catalog
+    from ctal_bench.data.prepare import DataPipeline
+
+    if workspace not in _pipelines:
+        catalog.load()  # a fresh worker process has not registered the models and datasets yet
+        _pipelines[workspace] = DataPipeline(workspace.data_dir, dict(workspace.data_paths), workers=1,
+                                             progress=False)
+    return _pipelines[workspace]
+
+
+def failed_record(cell, message: str) -> dict:
+    return {"status": FAILED, "config_hash": cell.hash, "config": to_dict(cell.config), "variant": cell.variant.name,
+            "traceback": message, "environment": environment()}
+
+
+def pretrain_unit(workspace: Workspace, cfg, threads: int) -> str | None:
+    """Pre-train (or find) the checkpoint ``cfg``'s cells share; the traceback if it failed."""
+    import torch
+
+    from ctal_bench import pretrain
+    from ctal_bench.runner import resolve_device
+
+    torch.set_num_threads(cfg.run.threads or threads)
+    try:
+        pretrain.pretrained_weights(cfg, _pipeline(workspace), workspace.results / "checkpoints",
+                                   resolve_device(cfg.run.device))
+        return None
+    except UserError:
+        raise
+    except Exception:
+        return traceback.format_exc()
+
+
+def cell_unit(workspace: Workspace, cell, threads: int, pretrain_failure: str | None = None,
+              on_step: Callable[[], None] | None = None) -> dict:
+    """Run one cell and write its record; a cell that raises is written as failed, with its
+    traceback (as is every cell of a pre-training that failed)."""
+    import torch
+
+    from ctal_bench.runner import run_cell
+
+    store = ResultsStore(workspace.results)
+    if pretrain_failure is not None:
+        record = failed_record(cell, f"its pre-training failed:\n{pretrain_failure}")
+        store.write(cell.key, record)
+        return record
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return run_cell(cell, _pipeline(workspace), store, workspace.results / "checkpoints", on_step)
+    except UserError:
+        raise
+    except Exception:  # a bug or a numerical failure in one cell: record it, the suite goes on
+        record = failed_record(cell, traceback.format_exc())
+        store.write(cell.key, record)
+        return record
+
+
+def pretraining_needed(cell, data, checkpoints: Path) -> str | None:
+    """The key of the pre-training ``cell`` waits for, or None (no pre-training, or cached)."""
+    from ctal_bench import pretrain
+    from ctal_bench.registry import MODELS
+
+    cfg = cell.config
+    if not (cfg.pretrain.enabled and not cfg.pretrain.init and getattr(MODELS.get(cfg.model.name), "pretrainable", False)):
+        return None
+    key = pretrain.pretrain_key(cfg, data.pretraining_dataset(cfg).root)
+    return None if (checkpoints / f"pretrain-{key}.pt").exists() else key
+
+
+def prepare(cells: Sequence, data) -> None:
+    """Build every dataset, tokenizer and feature cache the cells read, here, once, so workers
+    only read caches (and never extract the same features twice at the same time)."""
+    seen = set()
+    for cell in cells:
+        cfg, k = cell.config, cell.key
+        what = (k.dataset, cfg.data.size, k.task, k.fold, config_hash(cfg.data), cfg.pretrain.init)
+        if what not in seen:
+            seen.add(what)
+            data.task_data(cfg, k.task, k.fold)
+
+
+class InProcess:
+    """One cell after another in this process (pre-training happens inside the first cell that
+    needs it); the live view follows each training step."""
+
+    workers = 1
+
+    def run(self, cells: Sequence, data, workspace: Workspace, on_start=None, on_step=None) -> Iterator[Outcome]:
+        _pipelines[workspace] = data
+        for cell in cells:
+            if on_start is not None:
+                on_start(cell)
+            yield cell, cell_unit(workspace, cell, cell.config.run.threads, on_step=on_step)
+
+
+class LocalPool:
+    """``jobs`` worker processes on this machine, each with cores/jobs threads. A cell is
+    submitted once its pre-training is done; cells waiting for one let later cells go first."""
+
+    def __init__(self, jobs: int):
+        if jobs < 1:
+            raise UserError(f"--jobs {jobs}: expected at least 1 worker process")
+        self.jobs = self.workers = jobs
+        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def run(self, cells: Sequence, data, workspace: Workspace, on_start=None, on_step=None) -> Iterator[Outcome]:
+        import multiprocessing
+
+        prepare(cells, data)
+        checkpoints = workspace.results / "checkpoints"
+        needs = {cell.key: pretraining_needed(cell, data, checkpoints) for cell in cells}
+        pretrainings: dict[str, str | None] = {}  # key -> "running", or its failure (None = done)
+        pending = list(cells)
+        in_flight = {}
+        pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            while pending or in_flight:
+                while len(in_flight) < self.jobs:
+                    unit = self._next(pending, needs, pretrainings)
+                    if unit is None:
+                        break
+                    kind, what = unit
+                    if kind == "pretrain":
+                        future = pool.submit(pretrain_unit, workspace, what.config, self.threads)
+                    else:
+                        failure = pretrainings.get(needs[what.key])
+                        future = pool.submit(cell_unit, workspace, what, self.threads, failure)
+                    in_flight[future] = unit
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    kind, what = in_flight.pop(future)
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:  # a worker died: its unit, and all not yet done, stay unfinished
+                        left = [(kind, what), *in_flight.values(), *(("cell", c) for c in pending)]
+                        yield from ((c, None) for k, c in left if k == "cell")
+                        return
+                    if kind == "pretrain":
+                        pretrainings[needs[what.key]] = result
+                    else:
+                        yield what, result
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    @staticmethod
+    def _next(pending: list, needs: dict, pretrainings: dict):
+        """The first pending cell that can start, or the pre-training the first blocked one needs."""
+        for i, cell in enumerate(pending):
+            key = needs[cell.key]
+            if key is None or (key in pretrainings and pretrainings[key] != "running"):
+                return "cell", pending.pop(i)
+            if key not in pretrainings:
+                pretrainings[key] = "running"
+                return "pretrain", cell
+        return None
+
+
+class RayCluster:
+    """Each cell a Ray task with ``cpus_per_cell`` CPUs (and a GPU where the cluster has them);
+    each shared pre-training a task whose result the dependent cells take as an argument, so Ray
+    starts them only after it. Results and data directories must be visible to every node."""
+
+    def __init__(self, address: str | None, cpus_per_cell: int = 1):
+        if importlib.util.find_spec("ray") is None:
+            raise UserError("--executor ray needs Ray: pip install -e '.[ray]'")
+        if cpus_per_cell < 1:
+            raise UserError(f"--cpus-per-cell {cpus_per_cell}: expected at least 1")
+        self.address, self.cpus = address, cpus_per_cell
+        self.workers = 1  # known once connected
+
+    def run(self, cells: Sequence, data, workspace: Workspace, on_start=None, on_step=None) -> Iterator[Outcome]:
+        import ray
+
+        prepare(cells, data)
+        if not ray.is_initialized():
+            ray.init(address=self.address, log_to_driver=False, include_dashboard=False)
+        resources = ray.cluster_resources()
+        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+        self.workers = max(1, int(resources.get("GPU", 0) if gpus else resources.get("CPU", 1) // self.cpus))
+        checkpoints = workspace.results / "checkpoints"
+        workspace = workspace.resolved()
+        run_pretraining = ray.remote(pretrain_unit).options(num_cpus=self.cpus, num_gpus=gpus, max_retries=0)
+        run_cell = ray.remote(cell_unit).options(num_cpus=self.cpus, num_gpus=gpus, max_retries=0)
+        pretrainings, refs = {}, {}
+        for cell in cells:
+            key = pretraining_needed(cell, data, checkpoints)
+            if key is not None and key not in pretrainings:
+                pretrainings[key] = run_pretraining.remote(workspace, cell.config, self.cpus)
+            dependency = pretrainings[key] if key is not None else None
+            refs[run_cell.remote(workspace, cell, self.cpus, dependency)] = cell
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            cell = refs.pop(ready[0])
+            try:
+                yield cell, ray.get(ready[0])
+            except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                    ray.exceptions.TaskUnschedulableError, ray.exceptions.OutOfMemoryError):
+                yield cell, None
+            except ray.exceptions.RayTaskError as error:  # a UserError inside the worker
+                if isinstance(error.cause, UserError):
+                    raise error.cause from None
+                raise
+
+
+def executor_from_args(args):
+    """``--executor local [--jobs N]`` or ``--executor ray [--address A] [--cpus-per-cell C]``."""
+    if args.executor == "ray":
+        return RayCluster(args.address, args.cpus_per_cell)
+    if args.address:
+        raise UserError("--address is for --executor ray")
+    return InProcess() if args.jobs == 1 else LocalPool(args.jobs)

@@ -1,0 +1,111 @@
+"""Executors: worker processes and a Ray cluster give the in-process results; a dead worker
+leaves its cells for the rerun."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ctal_bench import cli, declarations
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--suite", "smoke", "--set", "data.size=tiny", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
+        "--set", "run.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    """The smoke suite run in this process, one cell after another."""
+    results = tmp_path_factory.mktemp("reference")
+    assert cli.main(["run", *TINY, "--results", str(results), "--data-dir", str(data_dir)]) == 0
+    return metrics(results)
+
+
+def metrics(results: Path, suite: str = "smoke") -> dict:
+    return {path.name: json.loads(path.read_text()).get("metrics")
+            for path in sorted((results / "runs" / suite).glob("*.json"))}
+
+
+def bench(*args, data_dir) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *args, "--data-dir", str(data_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "250"})
+
+
+def test_worker_processes_give_the_in_process_results_and_share_pretraining(tmp_path, data_dir, reference):
+    decl_dir = tmp_path / "decl"
+    shutil.copytree(declarations.DEFAULT_DIR, decl_dir)
+    (decl_dir / "broken.toml").write_text(  # one variant that raises inside its cell
+        '[ablation.broken_schedule]\nsummary = "raises inside the cell"\nset = { "finetune.schedule" = "step" }\n')
+    results = tmp_path / "results"
+    proc = bench("ablate", "--drop", "broken_schedule", "no_fusion", *TINY, "--jobs", "2", "--results", str(results),
+                 "--ablations-dir", str(decl_dir), data_dir=data_dir)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 1, stderr[-2000:]
+    assert "3 of 9 cells failed" in stdout and "broken_schedule__emotion" in stdout
+    written = metrics(results)
+    assert {name: written[name] for name in reference} == reference
+    assert all(written[f"no_fusion__{task}__synth__fold-0__seed-0.json"] for task in ("emotion", "sentiment",
+                                                                                     "verification"))
+    failed = json.loads((results / "runs" / "smoke" / "broken_schedule__emotion__synth__fold-0__seed-0.json").read_text())
+    assert failed["status"] == "failed" and "unknown schedule 'step'" in failed["traceback"]
+    assert len(list((results / "checkpoints").glob("pretrain-*.pt"))) == 1  # one pre-training for all 9 cells
+
+
+def _workers(pid: int) -> list[int]:
+    """The pool's worker processes among ``pid``'s children (not its resource tracker)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(child) for child in children
+            if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text(errors="replace")]
+
+
+def test_a_killed_worker_leaves_its_cells_unfinished_and_a_rerun_finishes_them(tmp_path, data_dir, reference):
+    results = tmp_path / "results"
+    args = ["run", *TINY, "--jobs", "2", "--results", str(results)]
+    proc = bench(*args, data_dir=data_dir)
+    deadline = time.monotonic() + 120
+    while not (workers := _workers(proc.pid)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workers, "no worker process appeared"
+    os.kill(workers[0], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr[-2000:]
+    assert "unfinished" in stdout and "Traceback" not in stderr
+    finished = metrics(results) if (results / "runs").exists() else {}
+    assert len(finished) < 3 and all(finished.values())  # nothing half-written, nothing recorded as failed
+
+    rerun = bench(*args, data_dir=data_dir)
+    stdout, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr[-2000:]
+    assert f"{len(finished)} already done, {3 - len(finished)} to run" in stdout
+    assert metrics(results) == reference
+
+
+def test_a_ray_cluster_gives_the_local_results(tmp_path, data_dir, reference):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = tmp_path / "results"
+        code = cli.main(["run", *TINY, "--executor", "ray", "--results", str(results), "--data-dir", str(data_dir)])
+        assert code == 0
+        assert metrics(results) == reference
+        assert len(list((results / "checkpoints").glob("pretrain-*.pt"))) == 1
+    finally:
+        ray.shutdown()
+
+
+def test_executor_options_are_checked(capsys):
+    assert cli.main(["run", "--suite", "smoke", "--jobs", "0"]) == 2
+    assert "--jobs 0: expected at least 1" in capsys.readouterr().err
+    assert cli.main(["run", "--suite", "smoke", "--address", "auto"]) == 2
+    assert "--address is for --executor ray" in capsys.readouterr().err
