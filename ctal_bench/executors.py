@@ -112,16 +112,22 @@ def pretraining_needed(cell, data, checkpoints: Path) -> str | None:
     return None if (checkpoints / f"pretrain-{key}.pt").exists() else key
 
 
-def prepare(cells: Sequence, data) -> None:
+def prepare(cells: Sequence, data, checkpoints: Path) -> dict:
     """Build every dataset, tokenizer and feature cache the cells read, here, once, so workers
-    only read caches (and never extract the same features twice at the same time)."""
-    seen = set()
+    only read caches (and never extract the same features at the same time); return the key of
+    the pre-training each cell waits for (None: none, or already cached)."""
+    seen, needs = set(), {}
     for cell in cells:
         cfg, k = cell.config, cell.key
         what = (k.dataset, cfg.data.size, k.task, k.fold, config_hash(cfg.data), cfg.pretrain.init)
         if what not in seen:
             seen.add(what)
             data.task_data(cfg, k.task, k.fold)
+        needs[k] = pretraining_needed(cell, data, checkpoints)
+        if needs[k] is not None and needs[k] not in seen:
+            seen.add(needs[k])
+            data.pretraining_items(cfg)
+    return needs
 
 
 class InProcess:
@@ -151,9 +157,7 @@ class LocalPool:
     def run(self, cells: Sequence, data, workspace: Workspace, on_start=None, on_step=None) -> Iterator[Outcome]:
         import multiprocessing
 
-        prepare(cells, data)
-        checkpoints = workspace.results / "checkpoints"
-        needs = {cell.key: pretraining_needed(cell, data, checkpoints) for cell in cells}
+        needs = prepare(cells, data, workspace.results / "checkpoints")
         pretrainings: dict[str, str | None] = {}  # key -> "running", or its failure (None = done)
         pending = list(cells)
         in_flight = {}
@@ -216,19 +220,18 @@ class RayCluster:
     def run(self, cells: Sequence, data, workspace: Workspace, on_start=None, on_step=None) -> Iterator[Outcome]:
         import ray
 
-        prepare(cells, data)
+        needs = prepare(cells, data, workspace.results / "checkpoints")
         if not ray.is_initialized():
             ray.init(address=self.address, log_to_driver=False, include_dashboard=False)
         resources = ray.cluster_resources()
         gpus = 1 if resources.get("GPU", 0) >= 1 else 0
         self.workers = max(1, int(resources.get("GPU", 0) if gpus else resources.get("CPU", 1) // self.cpus))
-        checkpoints = workspace.results / "checkpoints"
         workspace = workspace.resolved()
         run_pretraining = ray.remote(pretrain_unit).options(num_cpus=self.cpus, num_gpus=gpus, max_retries=0)
         run_cell = ray.remote(cell_unit).options(num_cpus=self.cpus, num_gpus=gpus, max_retries=0)
         pretrainings, refs = {}, {}
         for cell in cells:
-            key = pretraining_needed(cell, data, checkpoints)
+            key = needs[cell.key]
             if key is not None and key not in pretrainings:
                 pretrainings[key] = run_pretraining.remote(workspace, cell.config, self.cpus)
             dependency = pretrainings[key] if key is not None else None
