@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import sys
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -130,6 +132,16 @@ def prepare(cells: Sequence, data, checkpoints: Path) -> dict:
     return needs
 
 
+def _end_with_parent() -> None:
+    """Runs first in each worker: on Linux, the kernel kills it when its driver dies, so a killed
+    run leaves no worker behind still writing to the results directory."""
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class InProcess:
     """One cell after another in this process (pre-training happens inside the first cell that
     needs it); the live view follows each training step."""
@@ -161,7 +173,8 @@ class LocalPool:
         pretrainings: dict[str, str | None] = {}  # key -> "running", or its failure (None = done)
         pending = list(cells)
         in_flight = {}
-        pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
+        pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_end_with_parent)
         try:
             while pending or in_flight:
                 while len(in_flight) < self.jobs:
@@ -188,6 +201,10 @@ class LocalPool:
                         pretrainings[needs[what.key]] = result
                     else:
                         yield what, result
+        except BaseException:  # Ctrl-C, or an error here: stop the workers now, not after their units
+            for process in list(pool._processes.values()):  # (no public API for this before 3.14)
+                process.kill()
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

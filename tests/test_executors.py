@@ -62,11 +62,18 @@ def test_worker_processes_give_the_in_process_results_and_share_pretraining(tmp_
     assert len(list((results / "checkpoints").glob("pretrain-*.pt"))) == 1  # one pre-training for all 9 cells
 
 
+def _is_worker(pid: int) -> bool:
+    """A live pool worker (a dead one's command line reads empty)."""
+    try:
+        return "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def _workers(pid: int) -> list[int]:
     """The pool's worker processes among ``pid``'s children (not its resource tracker)."""
     children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(child) for child in children
-            if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text(errors="replace")]
+    return [int(child) for child in children if _is_worker(int(child))]
 
 
 def test_a_killed_worker_leaves_its_cells_unfinished_and_a_rerun_finishes_them(tmp_path, data_dir, reference):
@@ -89,6 +96,24 @@ def test_a_killed_worker_leaves_its_cells_unfinished_and_a_rerun_finishes_them(t
     assert rerun.returncode == 0, stderr[-2000:]
     assert f"{len(finished)} already done, {3 - len(finished)} to run" in stdout
     assert metrics(results) == reference
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_stopping_the_driver_stops_its_workers(tmp_path, data_dir, sig):
+    proc = bench("run", *TINY, "--jobs", "2", "--results", str(tmp_path / "results"), data_dir=data_dir)
+    deadline = time.monotonic() + 120
+    while not (workers := _workers(proc.pid)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workers, "no worker process appeared"
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    if sig == signal.SIGINT:
+        assert "rerun the same command to resume" in stderr and "Traceback" not in stderr
+    deadline = time.monotonic() + 10
+    while any(map(_is_worker, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_is_worker, workers))
 
 
 def test_a_ray_cluster_gives_the_local_results(tmp_path, data_dir, reference):
