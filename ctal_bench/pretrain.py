@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ctal_bench.config import Config, to_dict
 from ctal_bench.data import batching
@@ -35,14 +36,14 @@ def pretrain_key(cfg: Config, corpus_root: Path) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def pretrain_losses(model, batch: Batch, cfg: Config, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def pretrain_losses(model: nn.Module, batch: Batch, cfg: Config, vocab_size: int,
+                    generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """MLM and MAM losses of ``batch`` for a pre-training ``model`` (``CTAL.pretraining()``)."""
     p = cfg.pretrain
-    tokens, labels = mask_tokens(batch.tokens, batch.token_mask, p.mlm_prob, model.vocab_size,
-                                 generator)
+    tokens, labels = mask_tokens(batch.tokens, batch.token_mask, p.mlm_prob, vocab_size, generator)
     audio, chosen = mask_audio_spans(batch.audio, batch.audio_mask, p.mask_ratio, p.span_min, p.span_max,
                                      generator)
-    mlm_logits, mam_pred = model.pretrain_outputs(tokens, batch.token_mask, audio, batch.audio_mask,
-                                                  cross_modal=p.cross_modal)
+    mlm_logits, mam_pred = model(tokens, batch.token_mask, audio, batch.audio_mask, cross_modal=p.cross_modal)
     return {"mlm": mlm_loss(mlm_logits, labels), "mam": mam_loss(mam_pred, batch.audio, chosen)}
 
 
@@ -63,6 +64,7 @@ def pretrained_weights(cfg: Config, data: DataPipeline, checkpoints: Path, devic
     vocab_size = data.tokenizer(cfg).get_vocab_size()
     torch.manual_seed(cfg.run.seed)
     model = MODELS.get(cfg.model.name)(cfg.model, 1, vocab_size).to(device)
+    pretraining = model.pretraining()
     generator = torch.Generator(device=device)  # seeded per epoch below
     p = cfg.pretrain
     schedule = Schedule(epochs=p.epochs, lr=p.lr, weight_decay=p.weight_decay, warmup=p.warmup, clip=p.clip)
@@ -73,16 +75,16 @@ def pretrained_weights(cfg: Config, data: DataPipeline, checkpoints: Path, devic
         generator.manual_seed(cfg.run.seed * 1000 + epoch)
         return batching.iterate(items, p.batch_size, seed=cfg.run.seed * 1000 + epoch)
 
-    result = fit(model, batches=epoch_batches,
+    result = fit(pretraining, batches=epoch_batches,
                  steps_per_epoch=steps,
-                 loss_fn=lambda m, b: pretrain_losses(m, b, cfg, generator),
+                 loss_fn=lambda m, b: pretrain_losses(m, b, cfg, vocab_size, generator),
                  schedule=schedule, device=device, checkpoint=checkpoints / f".pretrain-{key}.partial.pt",
                  on_step=on_step)
     record = {"key": key, "corpus": str(corpus.root.name), "utterances": len(items), "curve": result.curve,
               "steps": result.steps, "train_seconds": result.train_seconds,
               "samples_per_second": result.samples / max(result.train_seconds, 1e-9), **peak_memory(device),
               "reused": False}
-    weights = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("head.")}
+    weights = {k: v.detach().cpu() for k, v in pretraining.state_dict().items()}
     save_atomic(path, {"model": weights, "record": record})
     (checkpoints / f".pretrain-{key}.partial.pt").unlink(missing_ok=True)
     return weights, record
