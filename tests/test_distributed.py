@@ -1,6 +1,8 @@
 """Data-parallel pre-training: two CPU processes (gloo) train the model one process trains."""
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,14 +10,17 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ctal_bench import catalog
+from ctal_bench import catalog, declarations
 from ctal_bench.config import Config, apply_overrides
 from ctal_bench.data.batching import AUDIO_DIM, Item
 from ctal_bench.data.text import CLS_ID, SEP_ID, SPECIAL_TOKENS
 from ctal_bench.distributed import SINGLE_PROCESS, World, from_environment, process_group
 from ctal_bench.errors import UserError
-from ctal_bench.pretrain import checkpoint_path, pretrained_weights
+from ctal_bench.declarations import Variant
+from ctal_bench.pretrain import checkpoint_path, command_config, pretrain_key, pretrained_weights
+from ctal_bench.runner import Request, cell_config
 
+ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 40
 # 21 utterances in batches of 4: five full batches and a last one of 1 row, which leaves the
 # second process without rows (it must still take part in every gradient all-reduce).
@@ -135,6 +140,21 @@ def test_global_batch_must_split_evenly_over_the_processes(tmp_path):
     assert not tmp_path.joinpath("checkpoints").exists()
 
 
+def test_suite_cells_find_the_checkpoint_the_command_writes():
+    """`bench.py pretrain --scale S --set ...` keys its checkpoint as the suite's cells at scale S do."""
+    decl = declarations.load()
+    overrides = ("data.size=tiny", "pretrain.epochs=3")
+    command = command_config(decl, "cpu", None, list(overrides), seed=2, device="cpu")
+    suite = decl.suites.get("paper")
+    variants = (Variant("ctal", "ctal"), *decl.ablations.get("no_fusion").variants())
+    request = Request("paper", variants, suite.tasks, (2,), "cpu", overrides)
+    corpus = Path("synth-tiny")
+    for variant in variants:
+        for task in suite.tasks:
+            cell = cell_config(decl, suite, request, variant, task, 2)
+            assert pretrain_key(cell, corpus) == pretrain_key(command, corpus)
+
+
 @pytest.mark.parametrize("size", [1, 2, 3, 8])
 @pytest.mark.parametrize("n", [1, 4, 7, 16])
 def test_ranks_share_every_batch_without_overlap(size, n):
@@ -157,3 +177,29 @@ def test_world_comes_from_torchrun_environment(monkeypatch):
     with pytest.raises(UserError, match="torchrun"):
         from_environment()
 
+
+@pytest.mark.slow
+def test_torchrun_command_matches_one_process_and_its_checkpoint_is_reused(tmp_path):
+    """`bench.py pretrain` under torchrun with 2 CPU processes on the tiny synth set."""
+    args = ["pretrain", "--scale", "smoke", "--device", "cpu", "--data-dir", str(tmp_path / "data"),
+            "--set", "data.size=tiny", "--set", "pretrain.epochs=1", "--set", "model.dropout=0.0"]
+    env = {**os.environ, "COLUMNS": "250", "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(ROOT / "bench.py"), *args, "--results", str(tmp_path / "one")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    assert "checkpoint: " in single.stdout and "over 1 process(es)" in single.stdout
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(ROOT / "bench.py"), *args, "--results", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "over 2 process(es)" in two.stdout and two.stdout.count("checkpoint: ") == 1  # rank 0 prints
+
+    [one_path] = (tmp_path / "one" / "checkpoints").glob("pretrain-*.pt")
+    [two_path] = (tmp_path / "two" / "checkpoints").glob("pretrain-*.pt")
+    assert one_path.name == two_path.name  # the same key: a suite finds either
+    one, two = (torch.load(p, weights_only=True)["model"] for p in (one_path, two_path))
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-4
+
+    again = subprocess.run([sys.executable, str(ROOT / "bench.py"), *args, "--results", str(tmp_path / "two")],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "already pre-trained" in again.stdout
