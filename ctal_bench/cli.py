@@ -18,6 +18,8 @@ EXAMPLES = """examples:
   python bench.py ablate --sweep mask_ratio
   python bench.py run --suite paper --jobs 2
   python bench.py run --suite paper --executor ray --address auto
+  python bench.py pretrain --scale cpu --seed 0
+  torchrun --nproc-per-node 8 bench.py pretrain --scale paper
   python bench.py list ablations
   python bench.py data synth --size default
   python bench.py data check /data/IEMOCAP_full_release --format iemocap
@@ -87,6 +89,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="paper", help="suite giving tasks, seeds and scale (default: paper)")
     _suite_narrowing_args(p), _results_arg(p), _data_arg(p), _declarations_arg(p)
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("pretrain", help="pre-train CTAL alone, on several GPUs under torchrun",
+                       description="Pre-train CTAL (MLM + MAM) and cache the checkpoint in <results>/checkpoints, "
+                       "where `run` and `ablate` reuse it when scale, overrides and seed match. Under "
+                       "torchrun each process takes its share of every global batch (pretrain.batch_size) "
+                       "with DistributedDataParallel.",
+                       epilog="examples:\n  python bench.py pretrain --scale cpu --seed 1\n"
+                       "  torchrun --nproc-per-node 4 bench.py pretrain --scale paper --set pretrain.epochs=20\n"
+                       "  torchrun --nproc-per-node 8 bench.py pretrain --scale paper "
+                       "--data librispeech=/data/LibriSpeech --set data.pretrain_dataset=librispeech\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", default="smoke", help="a declared scale (default: smoke; see: list scales)")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="TOML of config overrides applied after the scale, e.g. [pretrain] epochs = 20")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override applied after --config, e.g. --set pretrain.lr=1e-4 (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="run.seed (default: the config's, 0 unless set)")
+    p.add_argument("--data", nargs="+", default=[], metavar="NAME=PATH",
+                   help="real data, e.g. librispeech=PATH (with --set data.pretrain_dataset=librispeech)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    _results_arg(p), _data_arg(p), _declarations_arg(p)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("report", help="results -> tables (.md, .tex) and figures",
                        description="Aggregate result cells over seeds, test against a reference, and "
@@ -177,6 +201,12 @@ def cmd_ablate(args) -> int:
     from ctal_bench import runner
 
     return runner.ablate_from_cli(args)
+
+
+def cmd_pretrain(args) -> int:
+    from ctal_bench import pretrain
+
+    return pretrain.pretrain_from_cli(args)
 
 
 def cmd_report(args) -> int:

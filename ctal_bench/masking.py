@@ -121,15 +121,28 @@ def mask_audio_spans(audio: torch.Tensor, audio_mask: torch.Tensor, ratio: float
     return inputs, chosen
 
 
-def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy (B, L, V) vs (B, L) averaged over labelled tokens; 0 when none is labelled."""
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor,
+             denominator: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy (B, L, V) vs (B, L) averaged over labelled tokens; 0 when none is labelled.
+
+    ``denominator`` replaces the number of labelled tokens: a rank of a data-parallel run that
+    holds a share of the batch divides by the whole batch's count (see pretrain.pretrain_losses).
+    """
     total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
                             ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (labels != IGNORE_INDEX).sum().clamp_min(1)
+    if denominator is None:
+        denominator = (labels != IGNORE_INDEX).sum().clamp_min(1)
+    return total / denominator
 
 
-def mam_loss(pred: torch.Tensor, target: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """L1 between (B, T, F) prediction and target, averaged over chosen frames and features."""
+def mam_loss(pred: torch.Tensor, target: torch.Tensor, chosen: torch.Tensor,
+             denominator: torch.Tensor | None = None) -> torch.Tensor:
+    """L1 between (B, T, F) prediction and target, averaged over chosen frames and features.
+
+    ``denominator`` replaces the number of chosen frames times features, as in ``mlm_loss``.
+    """
     weight = chosen[..., None].float()
     total = ((pred.float() - target.float()).abs() * weight).sum()
-    return total / (chosen.sum() * pred.shape[-1]).clamp_min(1)
+    if denominator is None:
+        denominator = (chosen.sum() * pred.shape[-1]).clamp_min(1)
+    return total / denominator

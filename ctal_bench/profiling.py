@@ -221,8 +221,10 @@ def profile_model(cfg, vocab_size: int, n_outputs: int, shapes: dict[str, Shape]
     phases = {"finetune": (cfg.finetune.batch_size, lambda: finetune._losses(task, runnable, batch))}
     if getattr(type(model), "pretrainable", False):
         pre_batch = random_batch(cfg.pretrain.batch_size, median, vocab_size, n_outputs, device)
+        pretraining = model.pretraining()
+        pretraining = torch.compile(pretraining) if compile else pretraining
         phases["pretrain"] = (cfg.pretrain.batch_size,
-                              lambda: pretrain.pretrain_losses(runnable, pre_batch, cfg, generator))
+                              lambda: pretrain.pretrain_losses(pretraining, pre_batch, cfg, vocab_size, generator))
     for phase, (size, losses) in phases.items():
         model.train()
         flops = count_flops(model, training(losses), backward=True)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ctal_bench.data.batching import Batch
+from ctal_bench.distributed import SINGLE_PROCESS, World, unwrap
 from ctal_bench.files import atomic_write
 from ctal_bench.metrics import is_better
 from ctal_bench.optim import adamw, lr_at
@@ -53,20 +54,25 @@ def _autocast(device: torch.device):
 def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], steps_per_epoch: int, loss_fn: LossFn,
         schedule: Schedule, device: torch.device, evaluate: Callable[[], float] | None = None,
         selection_metric: str = "", checkpoint: Path | None = None,
-        on_step: Callable[[], None] | None = None) -> FitResult:
+        on_step: Callable[[], None] | None = None, world: World = SINGLE_PROCESS) -> FitResult:
     """Train ``model``; ``batches(epoch)`` yields that epoch's (seeded) ``steps_per_epoch`` batches.
 
     With ``evaluate`` (the dev value of ``selection_metric``), the weights of the best epoch are
     restored at the end.
     With ``checkpoint``, state is saved after every epoch and a rerun resumes from it.
+    Data-parallel (``world``, ``model`` wrapped by ``distributed.data_parallel``), every rank gets
+    every global batch and ``loss_fn`` returns its rank's share of the loss; the curve shows the
+    global losses, and rank 0 alone writes the checkpoint. A checkpoint holds the unwrapped
+    model's state, so a run resumes with any number of processes.
     """
     total_steps = steps_per_epoch * schedule.epochs
     optimizer = adamw(model, schedule.lr, schedule.weight_decay)
     result, start_epoch, best_state, since_best = FitResult(), 0, None, 0
+    own = unwrap(model)  # what checkpoints hold
 
     if checkpoint is not None and checkpoint.exists():  # resume an interrupted run
         state = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
+        own.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         result, start_epoch = FitResult(**state["result"]), state["epoch"] + 1
@@ -101,7 +107,8 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], steps_per_e
             torch.cuda.synchronize()
         result.train_seconds += time.perf_counter() - started
         result.audio_frames += int(frames)
-        row = {"epoch": epoch, **{f"train_{k}": (v / steps_per_epoch).item() for k, v in sums.items()}}
+        means = world.average({k: v / steps_per_epoch for k, v in sums.items()})  # each rank's share -> global
+        row = {"epoch": epoch, **{f"train_{k}": v.item() for k, v in means.items()}}
         row["train_loss"] = sum(v for k, v in row.items() if k.startswith("train_"))
 
         # ---- select on dev only
@@ -112,15 +119,15 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], steps_per_e
             row["dev_score"] = score
             if result.best_score is None or is_better(selection_metric, score, result.best_score):
                 result.best_epoch, result.best_score, since_best = epoch, score, 0
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(own.state_dict())
             else:
                 since_best += 1
         else:
             result.best_epoch = epoch
         result.curve.append(row)
 
-        if checkpoint is not None:
-            save_atomic(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        if checkpoint is not None and world.is_main:
+            save_atomic(checkpoint, {"model": own.state_dict(), "optimizer": optimizer.state_dict(),
                                "rng": torch.get_rng_state(), "epoch": epoch,
                                "result": dataclasses.asdict(result), "best_state": best_state,
                                "since_best": since_best})
@@ -128,7 +135,7 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], steps_per_e
             break
 
     if best_state is not None:
-        model.load_state_dict(best_state)
+        own.load_state_dict(best_state)
     model.eval()
     return result
 

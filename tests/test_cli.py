@@ -26,10 +26,11 @@ def assert_user_error(proc, *needles):
 def test_help_lists_commands_and_options():
     proc = bench("--help")
     assert proc.returncode == 0
-    for command in ("run", "ablate", "report", "profile", "tune", "data", "list", "import-ctal"):
+    for command in ("run", "ablate", "pretrain", "report", "profile", "tune", "data", "list", "import-ctal"):
         assert command in proc.stdout
     for command, option in (("run", "--results"), ("run", "--data-dir"), ("ablate", "--drop"),
-                            ("report", "--results"), ("profile", "--data-dir"), ("tune", "--trials")):
+                            ("pretrain", "--config"), ("report", "--results"), ("profile", "--data-dir"),
+                            ("tune", "--trials")):
         assert option in bench(command, "--help").stdout
 
 
@@ -83,6 +84,15 @@ def test_data_check_missing_directory(tmp_path):
 
 def test_bad_data_argument():
     assert_user_error(bench("run", "--suite", "smoke", "--data", "iemocap"), "expected NAME=PATH")
+
+
+def test_pretrain_config_errors_are_named(tmp_path):
+    config = tmp_path / "pretrain.toml"
+    config.write_text("[pretrain]\nepochs = 2\nbach_size = 8\n")
+    assert_user_error(bench("pretrain", "--config", str(config), "--results", str(tmp_path)), "pretrain.bach_size")
+    assert_user_error(bench("pretrain", "--config", str(tmp_path / "nope.toml")), "nope.toml", "not found")
+    assert_user_error(bench("pretrain", "--set", "model.name=tfn"), "'tfn' has no pre-training", "ctal")
+    assert not (tmp_path / "checkpoints").exists()  # rejected before any work
 
 
 def test_argparse_errors_are_one_line():

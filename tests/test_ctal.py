@@ -72,9 +72,17 @@ def test_regression_output_and_pretrain_shapes():
     batch = make_batch()
     assert model(batch).logits.shape == (3, 1)
     for cross_modal in (True, False):
-        mlm, mam = model.pretrain_outputs(batch.tokens, batch.token_mask, batch.audio,
-                                          batch.audio_mask, cross_modal=cross_modal)
+        mlm, mam = model.pretraining()(batch.tokens, batch.token_mask, batch.audio,
+                                       batch.audio_mask, cross_modal=cross_modal)
         assert mlm.shape == (3, 8, VOCAB) and mam.shape == (3, 40, AUDIO_DIM)
+
+
+def test_pretraining_shares_every_parameter_but_the_fine_tuning_head():
+    model = make_model()
+    own = dict(model.named_parameters())
+    shared = dict(model.pretraining().named_parameters())
+    assert set(shared) == {name for name in own if not name.startswith("head.")}
+    assert all(p is own[name] for name, p in shared.items())
 
 
 def test_a_few_steps_fit_a_fixed_batch():
@@ -301,10 +309,10 @@ def test_text_stream_never_sees_audio():
     batch = make_batch(seed=7)
     other_audio = torch.randn(batch.audio.shape) * batch.audio_mask[..., None]
     with torch.no_grad():
-        mlm, mam = model.pretrain_outputs(batch.tokens, batch.token_mask, batch.audio,
-                                          batch.audio_mask, cross_modal=True)
-        mlm2, mam2 = model.pretrain_outputs(batch.tokens, batch.token_mask, other_audio,
-                                            batch.audio_mask, cross_modal=True)
+        mlm, mam = model.pretraining()(batch.tokens, batch.token_mask, batch.audio,
+                                       batch.audio_mask, cross_modal=True)
+        mlm2, mam2 = model.pretraining()(batch.tokens, batch.token_mask, other_audio,
+                                         batch.audio_mask, cross_modal=True)
     torch.testing.assert_close(mlm2, mlm, atol=0, rtol=0)
     assert (mam2 - mam).abs().max() > 1e-3
 
@@ -318,10 +326,10 @@ def test_audio_depends_on_text_only_with_cross_attention(cross_modal):
     # another ordinary word at position 1 of every transcript
     other_tokens[:, 1] = (other_tokens[:, 1] - first_word + 1) % n_words + first_word
     with torch.no_grad():
-        _, mam = model.pretrain_outputs(batch.tokens, batch.token_mask, batch.audio,
-                                        batch.audio_mask, cross_modal=cross_modal)
-        _, mam2 = model.pretrain_outputs(other_tokens, batch.token_mask, batch.audio,
-                                         batch.audio_mask, cross_modal=cross_modal)
+        _, mam = model.pretraining()(batch.tokens, batch.token_mask, batch.audio,
+                                     batch.audio_mask, cross_modal=cross_modal)
+        _, mam2 = model.pretraining()(other_tokens, batch.token_mask, batch.audio,
+                                      batch.audio_mask, cross_modal=cross_modal)
     difference = (mam2 - mam).abs().max().item()
     if cross_modal:
         assert difference > 1e-4

@@ -101,11 +101,12 @@ def test_pretraining_losses_fall(data_dir):
     cfg = apply_overrides(cfg, ["data.size=tiny"])
     data = DataPipeline(data_dir, workers=1, progress=False)
     items = data.pretraining_items(cfg)[:32]
+    vocab_size = data.tokenizer(cfg).get_vocab_size()
     torch.manual_seed(0)
-    model = MODELS.get("ctal")(cfg.model, 1, data.tokenizer(cfg).get_vocab_size())
+    model = MODELS.get("ctal")(cfg.model, 1, vocab_size)
     generator = torch.Generator().manual_seed(0)
-    result = fit(model, batches=lambda epoch: batching.iterate(items, 16, seed=epoch), steps_per_epoch=2,
-                 loss_fn=lambda m, b: pretrain_losses(m, b, cfg, generator),
+    result = fit(model.pretraining(), batches=lambda epoch: batching.iterate(items, 16, seed=epoch),
+                 steps_per_epoch=2, loss_fn=lambda m, b: pretrain_losses(m, b, cfg, vocab_size, generator),
                  schedule=Schedule(epochs=25, lr=2e-3, weight_decay=0.01, warmup=0.1, clip=1.0),
                  device=torch.device("cpu"))
     first, last = result.curve[0], result.curve[-1]

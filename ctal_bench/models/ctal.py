@@ -1,10 +1,10 @@
 """CTAL: a text stream, a cross-modal audio stream, pre-training heads and the fusion head.
 
 Read top to bottom: attention, feed-forward and layers, the two streams, the heads, the size
-presets, then the model. Facts follow the authors' release (Li et al., EMNLP 2021), with two
-switches that reproduce its quirks: ``audio_causal`` (their audio self-attention is causal as a
-side effect of ``is_decoder=True``) and ``released_cosine`` (their orthogonality loss divides by
-the audio norm twice).
+presets, then the model and its pre-training view. Facts follow the authors' release (Li et
+al., EMNLP 2021), with two switches that reproduce its quirks: ``audio_causal`` (their audio
+self-attention is causal as a side effect of ``is_decoder=True``) and ``released_cosine`` (their
+orthogonality loss divides by the audio norm twice).
 """
 from __future__ import annotations
 
@@ -318,7 +318,7 @@ def resolve_size(cfg: ModelConfig) -> ModelConfig:
 class CTAL(nn.Module):
     """Text stream -> cross-modal audio stream -> one task head (``cfg.head``).
 
-    ``forward`` fine-tunes and predicts; ``pretrain_outputs`` feeds MLM + MAM. Every utterance
+    ``forward`` fine-tunes and predicts; ``pretraining()`` feeds MLM + MAM. Every utterance
     needs at least one real token (<s>) and one real frame: attention over no key is undefined.
     """
 
@@ -357,9 +357,30 @@ class CTAL(nn.Module):
             audio = self.audio_stream(batch.audio, batch.audio_mask, text, batch.token_mask)
         return self.head(text, batch.token_mask, audio, batch.audio_mask)
 
-    def pretrain_outputs(self, tokens: torch.Tensor, token_mask: torch.Tensor,
-                         audio: torch.Tensor, audio_mask: torch.Tensor,
-                         cross_modal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def pretraining(self) -> "Pretraining":
+        """The parts that pre-training trains, as one module sharing these parameters."""
+        return Pretraining(self)
+
+
+class Pretraining(nn.Module):
+    """CTAL's two streams and its MLM and MAM heads (shared, not copied), with the pre-training
+    pass as ``forward``.
+
+    A module of its own so that DistributedDataParallel can wrap it: DDP syncs gradients only for
+    calls through ``forward``, and expects a gradient for every parameter it wraps, which CTAL's
+    fine-tuning head never gets in pre-training. Its state dict is CTAL's without the head.
+    """
+
+    def __init__(self, model: CTAL):
+        super().__init__()
+        self.vocab_size = model.vocab_size
+        self.text_stream = model.text_stream
+        self.audio_stream = model.audio_stream
+        self.mlm_head = model.mlm_head
+        self.mam_head = model.mam_head
+
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor, audio: torch.Tensor,
+                audio_mask: torch.Tensor, cross_modal: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """MLM logits (B, L, V) and MAM predictions (B, T, 160) for masked inputs.
 
         ``cross_modal=False`` runs the audio stream without cross-attention to the text.
@@ -367,4 +388,3 @@ class CTAL(nn.Module):
         text = self.text_stream(tokens, token_mask)
         hidden = self.audio_stream(audio, audio_mask, text, token_mask, cross_attention=cross_modal)
         return self.mlm_head(text), self.mam_head(hidden)
-
