@@ -132,7 +132,7 @@ def prepare(cells: Sequence, data, checkpoints: Path) -> dict:
     return needs
 
 
-def _end_with_parent() -> None:
+def _end_with_parent(parent: int) -> None:
     """Runs first in each worker: on Linux, the kernel kills it when its driver dies, so a killed
     run leaves no worker behind still writing to the results directory."""
     if sys.platform == "linux":
@@ -140,6 +140,8 @@ def _end_with_parent() -> None:
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the driver died before this worker got here
+        os._exit(1)
 
 
 class InProcess:
@@ -174,7 +176,7 @@ class LocalPool:
         pending = list(cells)
         in_flight = {}
         pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_end_with_parent)
+                                   initializer=_end_with_parent, initargs=(os.getpid(),))
         try:
             while pending or in_flight:
                 while len(in_flight) < self.jobs:
