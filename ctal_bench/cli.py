@@ -18,7 +18,7 @@ EXAMPLES = """examples:
   python bench.py ablate --sweep mask_ratio
   python bench.py run --suite paper --jobs 2
   python bench.py run --suite paper --executor ray --address auto
-  python bench.py pretrain --scale cpu --seed 0
+  python bench.py pretrain --scale smoke --seed 0
   torchrun --nproc-per-node 8 bench.py pretrain --scale paper
   python bench.py list ablations
   python bench.py data synth --size default
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "where `run` and `ablate` reuse it when scale, overrides and seed match. Under "
                        "torchrun each process takes its share of every global batch (pretrain.batch_size) "
                        "with DistributedDataParallel.",
-                       epilog="examples:\n  python bench.py pretrain --scale cpu --seed 1\n"
+                       epilog="examples:\n  python bench.py pretrain --scale smoke --seed 1\n"
                        "  torchrun --nproc-per-node 4 bench.py pretrain --scale paper --set pretrain.epochs=20\n"
                        "  torchrun --nproc-per-node 8 bench.py pretrain --scale paper "
                        "--data librispeech=/data/LibriSpeech --set data.pretrain_dataset=librispeech\n",

@@ -144,10 +144,10 @@ def test_suite_cells_find_the_checkpoint_the_command_writes():
     """`bench.py pretrain --scale S --set ...` keys its checkpoint as the suite's cells at scale S do."""
     decl = declarations.load()
     overrides = ("data.size=tiny", "pretrain.epochs=3")
-    command = command_config(decl, "cpu", None, list(overrides), seed=2, device="cpu")
+    command = command_config(decl, "smoke", None, list(overrides), seed=2, device="cpu")
     suite = decl.suites.get("paper")
     variants = (Variant("ctal", "ctal"), *decl.ablations.get("no_fusion").variants())
-    request = Request("paper", variants, suite.tasks, (2,), "cpu", overrides)
+    request = Request("paper", variants, suite.tasks, (2,), "smoke", overrides)
     corpus = Path("synth-tiny")
     for variant in variants:
         for task in suite.tasks:
