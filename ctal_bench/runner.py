@@ -171,13 +171,26 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
+def pretrained_weights(cfg: Config, data, checkpoints: Path, device, on_step=None) -> tuple[dict | None, dict | None]:
+    """The weights fine-tuning starts from and their record: a pre-trained model's (from the
+    cache in ``checkpoints``, trained now, or imported with ``pretrain.init``), else (None, None)."""
+    from ctal_bench import pretrain
+
+    if not (cfg.pretrain.enabled and getattr(MODELS.get(cfg.model.name), "pretrainable", False)):
+        return None, None
+    if cfg.pretrain.init:
+        from ctal_bench.released import init_weights
+
+        return init_weights(Path(cfg.pretrain.init), cfg.model)
+    return pretrain.pretrained_weights(cfg, data, checkpoints, device, on_step)
+
+
 def run_cell(cell: Cell, data, store: ResultsStore, checkpoints: Path, on_step=None) -> dict:
     """Pre-train (or reuse), fine-tune, evaluate, and write the cell's record and predictions."""
     import torch
 
-    from ctal_bench import finetune, pretrain
+    from ctal_bench import finetune
     from ctal_bench.profiling import peak_memory
-    from ctal_bench.registry import MODELS
 
     cfg = cell.config
     if cfg.run.threads:
@@ -187,14 +200,7 @@ def run_cell(cell: Cell, data, store: ResultsStore, checkpoints: Path, on_step=N
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     task_data = data.task_data(cfg, cell.key.task, cell.key.fold)
-    pretrained, pretrain_record = None, None
-    if cfg.pretrain.enabled and getattr(MODELS.get(cfg.model.name), "pretrainable", False):
-        if cfg.pretrain.init:
-            from ctal_bench.released import init_weights
-
-            pretrained, pretrain_record = init_weights(Path(cfg.pretrain.init), cfg.model)
-        else:
-            pretrained, pretrain_record = pretrain.pretrained_weights(cfg, data, checkpoints, device, on_step)
+    pretrained, pretrain_record = pretrained_weights(cfg, data, checkpoints, device, on_step)
     outcome = finetune.finetune(cfg, cell.key.task, task_data, pretrained, device, on_step)
     record = {
         "status": DONE, "config_hash": cell.hash, "config": to_dict(cfg), "variant": cell.variant.name,
