@@ -20,6 +20,8 @@ EXAMPLES = """examples:
   python bench.py run --suite paper --executor ray --address auto
   python bench.py pretrain --scale smoke --seed 0
   torchrun --nproc-per-node 8 bench.py pretrain --scale paper
+  python bench.py tune --model tfn --task emotion --trials 20
+  python bench.py run --suite paper --tuned
   python bench.py list ablations
   python bench.py data synth --size default
   python bench.py data check /data/IEMOCAP_full_release --format iemocap
@@ -66,6 +68,10 @@ def _suite_narrowing_args(p):
                    help="ray executor: auto (the cluster this node belongs to) or HOST:PORT; default: start a "
                    "local cluster")
     p.add_argument("--cpus-per-cell", type=int, default=1, metavar="N", help="ray executor: CPUs per cell task")
+    # A bare --tuned gives True, read as <results>/tuned (argparse does not convert a const).
+    p.add_argument("--tuned", nargs="?", const=True, default=None, type=Path, metavar="DIR",
+                   help="apply the settings `tune` chose, from DIR/<model>__<task>__<dataset>.toml "
+                   "(default DIR: <results>/tuned); a cell without such a file keeps the defaults")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,12 +142,30 @@ def build_parser() -> argparse.ArgumentParser:
     _results_arg(p), _data_arg(p), _declarations_arg(p)
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("tune", help="Optuna tuning on dev with an equal budget per model")
-    p.add_argument("--model", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--trials", type=int, default=40)
-    _results_arg(p), _data_arg(p)
-    p.set_defaults(func=cmd_later, issue="#9 (scale-out and tuning)")
+    p = sub.add_parser("tune", help="Optuna tuning on dev with an equal budget per model",
+                       description="Tune one model on one task: TPE draws settings from the model's declared "
+                       "search space ([search.MODEL]), a median pruner stops weak trials on dev, and the best "
+                       "trial is written to <results>/tuned/<model>__<task>__<dataset>.toml for `run --tuned`. "
+                       "The test split is never loaded. Rerunning continues the same study.")
+    p.add_argument("--model", required=True, help="a registered model (see: list models)")
+    p.add_argument("--task", required=True, help="emotion, sentiment or verification")
+    p.add_argument("--trials", type=int, default=20,
+                   help="the study's budget of finished (completed or pruned) trials, earlier runs' "
+                   "included (default 20)")
+    p.add_argument("--scale", default="smoke", help="the declared scale trials run at (default: smoke)")
+    p.add_argument("--seed", type=int, default=0, help="every trial's run seed, and the sampler's (default 0)")
+    p.add_argument("--sampler-seed", type=int, default=None, metavar="N",
+                   help="the TPE sampler's seed (default: --seed); give each parallel worker its own")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna storage (default: sqlite:///<results>/optuna.db); an RDB URL such as "
+                   "postgresql://... lets many workers share one study")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every trial, e.g. --set finetune.epochs=10 (repeatable)")
+    p.add_argument("--data", nargs="+", default=[], metavar="NAME=PATH",
+                   help="tune on real data, e.g. iemocap=PATH (default: synth)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    _results_arg(p), _data_arg(p), _declarations_arg(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("data", help="build the embedded dataset or check a real one")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -183,12 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished cells are saved; rerun the same command to resume", file=sys.stderr)
+        print("interrupted: finished cells and trials are saved; rerun the same command to resume", file=sys.stderr)
         return 130
-
-
-def cmd_later(args) -> int:
-    raise UserError(f"`bench.py {args.command}` is not built yet: it arrives with issue {args.issue}")
 
 
 def cmd_run(args) -> int:
@@ -207,6 +227,12 @@ def cmd_pretrain(args) -> int:
     from ctal_bench import pretrain
 
     return pretrain.pretrain_from_cli(args)
+
+
+def cmd_tune(args) -> int:
+    from ctal_bench import tune
+
+    return tune.tune_from_cli(args)
 
 
 def cmd_report(args) -> int:

@@ -202,6 +202,19 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
     return cfg
 
 
+def key_type(key: str) -> Any:
+    """The annotated type of a dotted config key: ``finetune.lr`` -> float."""
+    cls: Any = Config
+    for part in key.split("."):
+        types_ = _field_types(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in types_:
+            raise UserError(f"unknown config key {key!r}")
+        cls = types_[part]
+    if dataclasses.is_dataclass(cls):
+        raise UserError(f"config key {key!r} is a section, not a value")
+    return cls
+
+
 def load_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:

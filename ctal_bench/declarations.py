@@ -1,8 +1,8 @@
 """Ablations, suites and scales declared as TOML tables in ablations/*.toml.
 
-Any file may hold any of ``[ablation.NAME]``, ``[suite.NAME]``, ``[scale.NAME]`` and
+Any file may hold any of ``[ablation.NAME]``, ``[suite.NAME]``, ``[scale.NAME]``,
 ``[model.NAME]`` (a registered model's own training settings, e.g. a baseline's published
-learning rate). Every entry
+learning rate) and ``[search.NAME]`` (a registered model's tuning search space). Every entry
 is validated on load: an unknown key, an unknown model, task or dataset, or an override of a
 config key that does not exist is a UserError naming the file and the entry. Nothing is skipped
 silently.
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ctal_bench import catalog
-from ctal_bench.config import Config, apply_overrides, load_toml
+from ctal_bench.config import Config, apply_overrides, key_type, load_toml
 from ctal_bench.errors import UserError
 from ctal_bench.registry import DATASETS, MODELS, TASKS, Registry
 
@@ -81,11 +81,35 @@ class Suite:
 
 
 @dataclass(frozen=True)
+class Param:
+    """One searched config key: a range ``low``..``high`` (integers for an int key; ``log`` or
+    ``step`` optional), or a list of ``choices``."""
+
+    key: str
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+    choices: tuple = ()
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A model's tuning search space: the config keys a tuning trial draws."""
+
+    name: str  # the model
+    summary: str
+    source: Path
+    params: tuple[Param, ...]
+
+
+@dataclass(frozen=True)
 class Declarations:
     ablations: Registry
     suites: Registry
     scales: Registry
     models: Registry  # Settings by model name; a model without an entry uses the defaults
+    search_spaces: Registry  # SearchSpace by model name
 
 
 _KEYS = {
@@ -93,8 +117,13 @@ _KEYS = {
     "suite": {"summary", "version", "models", "ablations", "tasks", "datasets", "seeds", "scale", "set"},
     "scale": {"summary", "set", "extends"},
     "model": {"summary", "set"},
+    "search": {"summary", "space"},
 }
-_REQUIRED = {"ablation": {"summary"}, "suite": {"summary", "tasks"}, "scale": {"summary"}, "model": {"summary"}}
+_REQUIRED = {"ablation": {"summary"}, "suite": {"summary", "tasks"}, "scale": {"summary"}, "model": {"summary"},
+             "search": {"summary", "space"}}
+# The coordinates every tuning trial sets itself, so a search space cannot draw them.
+_NOT_SEARCHABLE = ("model.name", "data.dataset", "data.fold", "run.seed")
+_RANGE_KEYS = {"low", "high", "log", "step"}
 
 
 def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -162,7 +191,7 @@ def load(directory: Path | None = None) -> Declarations:
     for path in files:
         for kind, entries in load_toml(path).items():
             if kind not in _KEYS:
-                raise UserError(f"{path}: unknown table [{kind}]; expected ablation, suite, scale or model")
+                raise UserError(f"{path}: unknown table [{kind}]; expected ablation, suite, scale, model or search")
             if not isinstance(entries, dict):
                 raise UserError(f"{path}: [{kind}] must hold named entries like [{kind}.NAME]")
             for name, body in entries.items():
@@ -181,6 +210,10 @@ def load(directory: Path | None = None) -> Declarations:
         if name not in MODELS:
             e.fail(MODELS.unknown_message(name))
         models.add(name, Settings(name, e.get("summary", str), e.source, e.overrides(e.get("set", dict, {}))))
+
+    search_spaces = Registry("search space")
+    for name, e in raw["search"].items():
+        search_spaces.add(name, _search_space(e))
 
     ablations = Registry("ablation")
     for name, e in raw["ablation"].items():
@@ -206,7 +239,7 @@ def load(directory: Path | None = None) -> Declarations:
             models=e.names("models", MODELS, ("ctal",)), ablations=e.names("ablations", ablations, ()),
             tasks=e.names("tasks", TASKS, ()), datasets=dict(datasets), seeds=seeds, scale=scale,
             overrides=e.overrides(e.get("set", dict, {}))))
-    return Declarations(ablations, suites, scales, models)
+    return Declarations(ablations, suites, scales, models, search_spaces)
 
 
 def _extended(e: _Entry, all_entries: dict[str, _Entry]) -> _Entry:
@@ -241,3 +274,71 @@ def _ablation(e: _Entry, all_entries: dict[str, _Entry]) -> Ablation:
     return Ablation(e.name, e.get("summary", str), e.source, version=e.get("version", int, 1),
                     model=model, drop=e.get("drop", str, ""), overrides=overrides, sweep=sweep,
                     values=values)
+
+
+def _search_space(e: _Entry) -> SearchSpace:
+    """Build one model's search space; every parameter is checked against the config schema."""
+    if e.name not in MODELS:
+        e.fail(MODELS.unknown_message(e.name))
+    params = tuple(_param(e, key, spec) for key, spec in _space_entries(e.get("space", dict)))
+    if not params:
+        e.fail("'space' is empty; declare at least one config key to search")
+    return SearchSpace(e.name, e.get("summary", str), e.source, params)
+
+
+def _space_entries(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, spec)`` pairs; a key may be written quoted (``"finetune.lr" = {...}``) or
+    as nested tables. A table holding ``low``, ``high`` or ``choices`` is a spec."""
+    out = []
+    for key, value in table.items():
+        if isinstance(value, dict) and not ({"low", "high", "choices"} & set(value)):
+            out += _space_entries(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _param(e: _Entry, key: str, spec: Any) -> Param:
+    def fail(message: str):
+        e.fail(f"{key!r}: {message}")
+
+    if key in _NOT_SEARCHABLE:
+        fail("each trial sets this itself (model, dataset, fold, seed); it cannot be searched")
+    if not isinstance(spec, dict):
+        fail(f"expected a table like {{ low = 1e-4, high = 1e-2, log = true }} or {{ choices = [...] }}, got {spec!r}")
+    unknown = sorted(set(spec) - _RANGE_KEYS - {"choices"})
+    if unknown:
+        fail(f"unknown key {unknown[0]!r}; expected low, high, log, step or choices")
+    if "choices" in spec:
+        if set(spec) & _RANGE_KEYS:
+            fail("give either choices or a range (low, high, log, step), not both")
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            fail(f"choices must be a non-empty list, got {choices!r}")
+        for value in choices:
+            e.overrides({key: value})  # a config key, and the value fits its type
+        return Param(key, choices=tuple(choices))
+    if "low" not in spec or "high" not in spec:
+        fail("a range needs both low and high")
+    low, high, step = spec["low"], spec["high"], spec.get("step")
+    e.overrides({key: low})
+    e.overrides({key: high})
+    tp = key_type(key)
+    if tp not in (int, float):
+        fail(f"a {tp.__name__} key takes choices, not a range")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        fail(f"log must be true or false, got {log!r}")
+    if not low < high:
+        fail(f"low ({low}) must be below high ({high})")
+    if log and low <= 0:
+        fail(f"a log range needs low > 0, got {low}")
+    if step is not None:
+        if log:
+            fail("give log or step, not both")
+        number = isinstance(step, int) if tp is int else isinstance(step, (int, float))
+        if isinstance(step, bool) or not number or step <= 0:
+            fail(f"step must be a positive {tp.__name__}, got {step!r}")
+    if tp is float:
+        low, high, step = float(low), float(high), None if step is None else float(step)
+    return Param(key, low, high, log, step)

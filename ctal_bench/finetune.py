@@ -17,7 +17,7 @@ from ctal_bench.data import batching
 from ctal_bench.data.prepare import TaskData
 from ctal_bench.registry import MODELS, TASKS
 from ctal_bench.tasks import EvalOutputs, Task
-from ctal_bench.training import Schedule, fit
+from ctal_bench.training import FitResult, Schedule, fit
 
 
 @dataclass
@@ -60,8 +60,12 @@ def collect(model: torch.nn.Module, items: list[batching.Item], batch_size: int,
                        torch.cat(embeddings).numpy(), tuple(trials))
 
 
-def finetune(cfg: Config, task_name: str, data: TaskData, pretrained: dict[str, torch.Tensor] | None,
-             device: torch.device, on_step=None) -> Outcome:
+def train(cfg: Config, task_name: str, data: TaskData, pretrained: dict[str, torch.Tensor] | None,
+          device: torch.device, on_step=None, on_epoch=None) -> tuple[torch.nn.Module, FitResult]:
+    """Build the model and train it, selecting the epoch on dev; the selected weights are in place.
+
+    Reads the train and dev splits only, never test: tuning calls this directly.
+    """
     task: Task = TASKS.get(task_name)
     model = build_model(cfg, data)
     if pretrained is not None:
@@ -82,11 +86,21 @@ def finetune(cfg: Config, task_name: str, data: TaskData, pretrained: dict[str, 
                  loss_fn=lambda m, b: _losses(task, m, b),
                  schedule=Schedule(epochs=f.epochs, lr=f.lr, weight_decay=f.weight_decay, warmup=f.warmup,
                                    clip=f.clip, schedule=f.schedule, patience=f.patience),
-                 device=device, evaluate=dev_score, selection_metric=task.selection_metric, on_step=on_step)
+                 device=device, evaluate=dev_score, selection_metric=task.selection_metric, on_step=on_step,
+                 on_epoch=on_epoch)
+    return model, result
+
+
+def finetune(cfg: Config, task_name: str, data: TaskData, pretrained: dict[str, torch.Tensor] | None,
+             device: torch.device, on_step=None) -> Outcome:
+    """Train (``train``), then score dev and test once with the selected weights."""
+    task: Task = TASKS.get(task_name)
+    model, result = train(cfg, task_name, data, pretrained, device, on_step)
+    f = cfg.finetune
 
     # The selected weights are in place: dev for the record, then test, once.
     started = time.perf_counter()
-    dev = collect(model, data.dev, f.batch_size, device, dev_trials)
+    dev = collect(model, data.dev, f.batch_size, device, task.eval_trials(data.split, "dev"))
     test = collect(model, data.test, f.batch_size, device, task.eval_trials(data.split, "test"))
     eval_seconds = time.perf_counter() - started
     n_eval = len(data.dev) + len(data.test)

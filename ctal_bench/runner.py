@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -23,6 +23,9 @@ from ctal_bench.executors import InProcess, Workspace, executor_from_args, faile
 from ctal_bench.registry import DATASETS, MODELS, TASKS
 from ctal_bench.results import DONE, FAILED, CellKey, ResultsStore, environment
 
+if TYPE_CHECKING:
+    from ctal_bench.tune import Tuned
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -30,6 +33,7 @@ class Cell:
     config: Config
     variant: Variant
     scale: str = ""  # the declared scale it ran at, for captions
+    tuned: str = ""  # the tuned file applied (`run --tuned`), "" for none
 
     @property
     def hash(self) -> str:
@@ -60,6 +64,7 @@ class Request:
     overrides: tuple[str, ...] = ()
     data_paths: dict[str, Path] = field(default_factory=dict)
     device: str | None = None
+    tuned: dict[tuple[str, str, str], Tuned] = field(default_factory=dict)  # (model, task, dataset) -> file
 
 
 def parse_data_paths(specs: Sequence[str]) -> dict[str, Path]:
@@ -101,8 +106,17 @@ def request_from_args(args, decl: Declarations, suite: Suite, variants: list[Var
     scale = args.scale or suite.scale
     if scale:
         decl.scales.get(scale)
-    return Request(suite.name, tuple(variants), tasks, seeds, scale, tuple(args.overrides),
-                   parse_data_paths(args.data), args.device)
+    data_paths = parse_data_paths(args.data)
+    tuned = {}
+    if args.tuned:
+        from ctal_bench.tune import TUNED_DIR, find_tuned
+
+        directory = args.results / TUNED_DIR if args.tuned is True else args.tuned
+        wanted = {(v.model, task, dataset_for(task, data_paths, suite.dataset_for(task)))
+                  for v in variants for task in tasks}
+        tuned = find_tuned(directory, wanted, scale)
+    return Request(suite.name, tuple(variants), tasks, seeds, scale, tuple(args.overrides), data_paths,
+                   args.device, tuned)
 
 
 def base_config(decl: Declarations, scale: str, model: str) -> Config:
@@ -122,24 +136,29 @@ def base_config(decl: Declarations, scale: str, model: str) -> Config:
 
 
 def cell_config(decl: Declarations, suite: Suite, request: Request, variant: Variant, task: str, seed: int) -> Config:
-    """Defaults <- scale <- the model's own settings <- suite <- variant <- --set, then the
-    cell's own coordinates."""
-    cfg = apply_overrides(base_config(decl, request.scale, variant.model), suite.overrides)
+    """Defaults <- scale <- the model's own settings <- its tuned settings (``--tuned``) <- suite
+    <- variant <- --set, then the cell's own coordinates. An ablation variant takes its model's
+    tuned settings."""
+    dataset = dataset_for(task, request.data_paths, suite.dataset_for(task))
+    cfg = base_config(decl, request.scale, variant.model)
+    tuned = request.tuned.get((variant.model, task, dataset))
+    if tuned is not None:
+        cfg = apply_overrides(cfg, tuned.overrides)
+    cfg = apply_overrides(cfg, suite.overrides)
     cfg = apply_overrides(cfg, variant.overrides)
     cfg = apply_overrides(cfg, list(request.overrides))
-    dataset = dataset_for(suite, task, request.data_paths)
     coordinates = {"model.name": variant.model, "data.dataset": dataset, "run.seed": seed}
     if request.device:
         coordinates["run.device"] = request.device
     return apply_overrides(cfg, coordinates)
 
 
-def dataset_for(suite: Suite, task: str, data_paths: dict[str, Path]) -> str:
-    """The suite's dataset for a task, unless --data points that task at real data."""
+def dataset_for(task: str, data_paths: dict[str, Path], default: str = "synth") -> str:
+    """The dataset for a task: the one --data points at real data for it, else ``default``."""
     for name in data_paths:
         if task in DATASETS.get(name).tasks:
             return name
-    return suite.dataset_for(task)
+    return default
 
 
 def expand(decl: Declarations, request: Request, data) -> list[Cell]:
@@ -156,7 +175,8 @@ def expand(decl: Declarations, request: Request, data) -> list[Cell]:
                 for fold in folds:
                     fold_cfg = apply_overrides(cfg, {"data.fold": fold})
                     key = CellKey(request.suite, variant.name, task, cfg.data.dataset, fold, seed)
-                    cells.append(Cell(key, fold_cfg, variant, request.scale))
+                    tuned = request.tuned.get((variant.model, task, cfg.data.dataset))
+                    cells.append(Cell(key, fold_cfg, variant, request.scale, str(tuned.source) if tuned else ""))
     return cells
 
 
@@ -172,13 +192,26 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
+def pretrained_weights(cfg: Config, data, checkpoints: Path, device, on_step=None) -> tuple[dict | None, dict | None]:
+    """The weights fine-tuning starts from and their record: a pre-trained model's (from the
+    cache in ``checkpoints``, trained now, or imported with ``pretrain.init``), else (None, None)."""
+    from ctal_bench import pretrain
+
+    if not (cfg.pretrain.enabled and getattr(MODELS.get(cfg.model.name), "pretrainable", False)):
+        return None, None
+    if cfg.pretrain.init:
+        from ctal_bench.released import init_weights
+
+        return init_weights(Path(cfg.pretrain.init), cfg.model)
+    return pretrain.pretrained_weights(cfg, data, checkpoints, device, on_step)
+
+
 def run_cell(cell: Cell, data, store: ResultsStore, checkpoints: Path, on_step=None) -> dict:
     """Pre-train (or reuse), fine-tune, evaluate, and write the cell's record and predictions."""
     import torch
 
-    from ctal_bench import finetune, pretrain
+    from ctal_bench import finetune
     from ctal_bench.profiling import peak_memory
-    from ctal_bench.registry import MODELS
 
     cfg = cell.config
     if cfg.run.threads:
@@ -188,19 +221,12 @@ def run_cell(cell: Cell, data, store: ResultsStore, checkpoints: Path, on_step=N
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     task_data = data.task_data(cfg, cell.key.task, cell.key.fold)
-    pretrained, pretrain_record = None, None
-    if cfg.pretrain.enabled and getattr(MODELS.get(cfg.model.name), "pretrainable", False):
-        if cfg.pretrain.init:
-            from ctal_bench.released import init_weights
-
-            pretrained, pretrain_record = init_weights(Path(cfg.pretrain.init), cfg.model)
-        else:
-            pretrained, pretrain_record = pretrain.pretrained_weights(cfg, data, checkpoints, device, on_step)
+    pretrained, pretrain_record = pretrained_weights(cfg, data, checkpoints, device, on_step)
     outcome = finetune.finetune(cfg, cell.key.task, task_data, pretrained, device, on_step)
     record = {
         "status": DONE, "config_hash": cell.hash, "config": to_dict(cfg), "variant": cell.variant.name,
         "model": cfg.model.name, "ablation": cell.variant.ablation,
-        "sweep_value": cell.variant.sweep_value, "scale": cell.scale,
+        "sweep_value": cell.variant.sweep_value, "scale": cell.scale, "tuned": cell.tuned or None,
         "metrics": outcome.metrics, "best_epoch": outcome.best_epoch, "parameters": outcome.parameters,
         "curves": {"finetune": outcome.curve, "pretrain": (pretrain_record or {}).get("curve")},
         "pretrain": pretrain_record and {k: v for k, v in pretrain_record.items() if k != "curve"},
@@ -365,6 +391,8 @@ def execute(decl: Declarations, request: Request, results: Path, data_dir: Path 
     console = Console()
     data = DataPipeline(data_dir or default_data_dir(), request.data_paths)
     cells = expand(decl, request, data)
+    for tuned in request.tuned.values():
+        console.print(f"tuned settings: {tuned.source}")
     summary = run_cells(cells, data, ResultsStore(results), console, executor)
     if comparison:
         console.print(comparison_table(summary, request, title))

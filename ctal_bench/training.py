@@ -54,11 +54,13 @@ def _autocast(device: torch.device):
 def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], steps_per_epoch: int, loss_fn: LossFn,
         schedule: Schedule, device: torch.device, evaluate: Callable[[], float] | None = None,
         selection_metric: str = "", checkpoint: Path | None = None,
-        on_step: Callable[[], None] | None = None, world: World = SINGLE_PROCESS) -> FitResult:
+        on_step: Callable[[], None] | None = None, world: World = SINGLE_PROCESS,
+        on_epoch: Callable[[int, float], None] | None = None) -> FitResult:
     """Train ``model``; ``batches(epoch)`` yields that epoch's (seeded) ``steps_per_epoch`` batches.
 
     With ``evaluate`` (the dev value of ``selection_metric``), the weights of the best epoch are
-    restored at the end.
+    restored at the end, and ``on_epoch(epoch, dev_score)`` hears each epoch's score (tuning
+    stops an unpromising trial by raising from it).
     With ``checkpoint``, state is saved after every epoch and a rerun resumes from it.
     Data-parallel (``world``, ``model`` wrapped by ``distributed.data_parallel``), every rank gets
     every global batch and ``loss_fn`` returns its rank's share of the loss; the curve shows the
@@ -122,6 +124,8 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], steps_per_e
                 best_state = copy.deepcopy(own.state_dict())
             else:
                 since_best += 1
+            if on_epoch is not None:
+                on_epoch(epoch, score)
         else:
             result.best_epoch = epoch
         result.curve.append(row)

@@ -68,8 +68,14 @@ def test_unknown_ablation_for_drop():
     assert_user_error(bench("ablate", "--drop", "fusoin", "--suite", "smoke"), "unknown ablation", "no_fusion")
 
 
-def test_commands_not_built_yet_say_so():
-    assert_user_error(bench("tune", "--model", "tfn", "--task", "emotion"), "not built yet", "issue")
+def test_tune_refuses_bad_arguments_before_any_work(tmp_path):
+    assert_user_error(bench("tune", "--model", "tfm", "--task", "emotion", "--results", str(tmp_path)),
+                      "unknown model 'tfm'", "tfn")
+    assert_user_error(bench("tune", "--model", "tfn", "--task", "emotion", "--trials", "0", "--results", str(tmp_path)),
+                      "--trials 0")
+    assert_user_error(bench("tune", "--model", "tfn", "--task", "emotion", "--set", "finetune.lr=1e-3",
+                            "--results", str(tmp_path)), "finetune.lr is searched", "search_spaces.toml")
+    assert not list(tmp_path.iterdir())  # no study, no tuned file
 
 
 def test_malformed_declarations_via_cli(tmp_path):

@@ -1,9 +1,16 @@
 import shutil
 
 import pytest
+import torch
 
-from ctal_bench import declarations
+from ctal_bench import catalog, declarations
+from ctal_bench.config import apply_overrides
+from ctal_bench.declarations import Param
 from ctal_bench.errors import UserError
+from ctal_bench.registry import MODELS
+from ctal_bench.runner import base_config
+
+catalog.load()
 
 
 def test_shipped_declarations_load_and_resolve():
@@ -49,6 +56,69 @@ def test_malformed_declarations_name_file_and_entry(tmp_path, body, message):
     with pytest.raises(UserError, match=message) as e:
         declarations.load(tmp_path)
     assert str(path) in str(e.value)
+
+
+def write_search_spaces(tmp_path, text):
+    """The shipped declarations with ``text`` in place of the shipped search spaces."""
+    path = write(tmp_path, text)
+    (tmp_path / "search_spaces.toml").unlink()
+    return path
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[search.nosuchmodel]\nsummary = "x"\nspace = { "finetune.lr" = { low = 1e-4, high = 1e-2 } }\n',
+     r"\[search.nosuchmodel\]: unknown model 'nosuchmodel'"),
+    ('[search.bad]\nsummary = "x"\n', r"\[search.bad\]: missing required key 'space'"),
+    ('[search.tfn]\nsummary = "x"\nspace = { "finetune.lrr" = { low = 1e-4, high = 1e-2 } }\n',
+     r"\[search.tfn\]: unknown config key 'finetune.lrr'"),
+    ('[search.tfn]\nsummary = "x"\nspace = { "finetune.lr" = { low = 1e-2, high = 1e-4 } }\n',
+     r"\[search.tfn\]: 'finetune.lr': low \(0.01\) must be below high \(0.0001\)"),
+    ('[search.tfn]\nsummary = "x"\nspace = { "finetune.lr" = { low = 0.0, high = 1e-2, log = true } }\n',
+     r"\[search.tfn\]: 'finetune.lr': a log range needs low > 0"),
+    ('[search.tfn]\nsummary = "x"\nspace = { "finetune.lr" = { low = 1e-4 } }\n',
+     r"\[search.tfn\]: 'finetune.lr': a range needs both low and high"),
+    ('[search.tfn]\nsummary = "x"\nspace = { "model.hidden" = { low = 8.5, high = 64 } }\n',
+     r"\[search.tfn\]: config key 'model.hidden' expects int"),
+    ('[search.tfn]\nsummary = "x"\nspace = { "model.hidden" = { choices = [] } }\n',
+     r"\[search.tfn\]: 'model.hidden': choices must be a non-empty list"),
+    ('[search.tfn]\nsummary = "x"\nspace = { "model.hidden" = { choices = [16], low = 1, high = 2 } }\n',
+     r"\[search.tfn\]: 'model.hidden': give either choices or a range"),
+    ('[search.tfn]\nsummary = "x"\nspace = { "model.hidden" = { low = 16, high = 64, steps = 8 } }\n',
+     r"\[search.tfn\]: 'model.hidden': unknown key 'steps'"),
+    ('[search.tfn]\nsummary = "x"\nspace = { "run.seed" = { choices = [0, 1] } }\n',
+     r"\[search.tfn\]: 'run.seed': each trial sets this itself"),
+    ('[search.tfn]\nsummary = "x"\nspace = { "model.head" = { choices = ["concat", 3] } }\n',
+     r"\[search.tfn\]: config key 'model.head' expects str, got 3"),
+    ('[search.tfn]\nsummary = "x"\nspace = {}\n', r"\[search.tfn\]: 'space' is empty"),
+])
+def test_malformed_search_spaces_name_file_entry_and_key(tmp_path, body, message):
+    path = write_search_spaces(tmp_path, body)
+    with pytest.raises(UserError, match=message) as e:
+        declarations.load(tmp_path)
+    assert str(path) in str(e.value)
+
+
+def test_search_space_keys_nest_or_quote_alike(tmp_path):
+    write_search_spaces(tmp_path, '[search.tfn]\nsummary = "x"\n[search.tfn.space]\n'
+                                  '"finetune.lr" = { low = 1e-4, high = 1e-2, log = true }\n'
+                                  'model = { hidden = { low = 16, high = 64, step = 16 }, '
+                                  'dropout = { low = 0, high = 0.5 } }\n')
+    params = {p.key: p for p in declarations.load(tmp_path).search_spaces.get("tfn").params}
+    assert params["finetune.lr"] == Param("finetune.lr", 1e-4, 1e-2, log=True)
+    assert params["model.hidden"] == Param("model.hidden", 16, 64, step=16)
+    assert params["model.dropout"] == Param("model.dropout", 0.0, 0.5)
+    assert isinstance(params["model.dropout"].low, float)  # a float key's range is drawn as floats
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_model_has_a_search_space_that_builds_it_at_every_extreme(model):
+    """A value the model cannot take (an unused size field, a bad width) would fail a trial."""
+    decl = declarations.load()
+    for param in decl.search_spaces.get(model).params:
+        for value in param.choices or (param.low, param.high):
+            cfg = apply_overrides(base_config(decl, "smoke", model), {param.key: value, "model.name": model})
+            with torch.device("meta"):
+                MODELS.get(model)(cfg.model, 4, cfg.data.vocab_size)
 
 
 def test_duplicate_entry_names_both_files(tmp_path):

@@ -105,13 +105,15 @@ class DataPipeline:
         items, _ = self.items(self.pretraining_dataset(cfg).pretraining(), cfg)
         return items
 
-    def task_data(self, cfg: Config, task_name: str, fold: str) -> TaskData:
+    def task_data(self, cfg: Config, task_name: str, fold: str, with_test: bool = True) -> TaskData:
+        """Items of a task and fold; ``with_test=False`` leaves test empty, unread (tuning)."""
         task = TASKS.get(task_name)
         dataset = self.dataset(cfg.data.dataset, cfg.data.size)
         dataset.check_task(task_name)
         split = dataset.split(task_name, fold, cfg.run.seed)
-        parts, truncated = {}, 0
-        for name in ("train", "dev", "test"):
+        names = ("train", "dev", "test") if with_test else ("train", "dev")
+        parts, truncated = {"test": []}, 0
+        for name in names:
             examples = getattr(split, name)
             parts[name], cut = self.items(examples, cfg, task.targets(examples, split))
             truncated += cut
