@@ -61,9 +61,9 @@ def _suite_narrowing_args(p):
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: this machine (default); ray: tasks on a Ray cluster (pip install -e '.[ray]')")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="local executor: cells run in N worker processes, cores/N threads each (default 1: "
-                   "in this process)")
+    p.add_argument("--jobs", default="auto", metavar="N",
+                   help="local executor: cells run in N worker processes, cores/N threads each; 1: in this "
+                   "process; auto (default): one per core for a CPU run of 8 or more cells, else 1")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="ray executor: auto (the cluster this node belongs to) or HOST:PORT; default: start a "
                    "local cluster")

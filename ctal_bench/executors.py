@@ -269,10 +269,34 @@ class RayCluster:
                 raise
 
 
+# Below this many cells a pool's single-threaded workers lose more to the shared pre-training
+# (which one worker runs while the others wait) than they gain (smoke: 3 cells, measured slower).
+POOL_MIN_CELLS = 8
+
+
 def executor_from_args(args):
-    """``--executor local [--jobs N]`` or ``--executor ray [--address A] [--cpus-per-cell C]``."""
+    """``--executor local [--jobs N|auto]`` or ``--executor ray [--address A] [--cpus-per-cell C]``,
+    checked now; returns the executor for a given number of cells to train.
+
+    ``--jobs auto`` (the default): one single-threaded worker per core for a CPU run of at least
+    POOL_MIN_CELLS cells (small models use a second thread poorly); in this process on a GPU."""
     if args.executor == "ray":
-        return RayCluster(args.address, args.cpus_per_cell)
+        ray = RayCluster(args.address, args.cpus_per_cell)
+        return lambda cells_to_run: ray
     if args.address:
         raise UserError("--address is for --executor ray")
-    return InProcess() if args.jobs == 1 else LocalPool(args.jobs)
+    if args.jobs != "auto":
+        try:
+            jobs = int(args.jobs)
+        except ValueError:
+            raise UserError(f"--jobs {args.jobs}: expected a number of worker processes or auto") from None
+        pool = InProcess() if jobs == 1 else LocalPool(jobs)
+        return lambda cells_to_run: pool
+
+    def auto(cells_to_run: int):
+        import torch
+
+        on_gpu = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
+        cores = os.cpu_count() or 1
+        return LocalPool(cores) if cores > 1 and not on_gpu and cells_to_run >= POOL_MIN_CELLS else InProcess()
+    return auto

@@ -252,13 +252,13 @@ def share_result(twin: Cell, cell: Cell, store: ResultsStore) -> dict:
     return record
 
 
-def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console, executor=None,
+def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console, executor_for=None,
               workspace: Workspace | None = None) -> Summary:
-    """Run the cells not already done, on ``executor`` (default: this process). A cell whose
+    """Run the cells not already done, on ``executor_for(number of cells to train)`` (default: this
+    process). A cell whose
     task and config equal another's shares that cell's result instead of training again (the
     task is a cell coordinate, not part of the config). A failing cell is recorded with its
     traceback and the rest go on."""
-    executor = executor or InProcess()
     workspace = workspace or Workspace(store.root, data.data_dir, tuple(data.data_paths.items()))
     summary = Summary()
     finished: dict[tuple[str, str], Cell] = {}  # (task, config hash) -> a finished cell
@@ -278,6 +278,7 @@ def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console, ex
             first[same] = cell
             twins[cell.key] = []
             todo.append(cell)
+    executor = executor_for(len(todo)) if executor_for else InProcess()
     console.print(f"{len(cells)} cells: {len(summary.skipped)} already done, {len(left)} to run"
                   + (f" ({len(left) - len(todo)} share a result)" if len(todo) < len(left) else ""))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -382,8 +383,8 @@ def comparison_table(summary: Summary, request: Request, title: str) -> Table:
 
 
 def execute(decl: Declarations, request: Request, results: Path, data_dir: Path | None, title: str,
-            executor=None, comparison: bool = False) -> int:
-    """Run the request's cells on ``executor`` and print the per-cell summary, or
+            executor_for=None, comparison: bool = False) -> int:
+    """Run the request's cells (on ``executor_for(number of cells to train)``) and print the per-cell summary, or
     (``comparison``) one row per variant against the first."""
     from ctal_bench.data import default_data_dir
     from ctal_bench.data.prepare import DataPipeline
@@ -393,7 +394,7 @@ def execute(decl: Declarations, request: Request, results: Path, data_dir: Path 
     cells = expand(decl, request, data)
     for tuned in request.tuned.values():
         console.print(f"tuned settings: {tuned.source}")
-    summary = run_cells(cells, data, ResultsStore(results), console, executor)
+    summary = run_cells(cells, data, ResultsStore(results), console, executor_for)
     if comparison:
         console.print(comparison_table(summary, request, title))
     else:

@@ -158,8 +158,11 @@ def test_model_settings_apply_after_the_scale_and_before_overrides():
     request = Request("paper", (), ("emotion",), (0,), "smoke", ("finetune.epochs=3",))
     tfn = cell_config(decl, suite, request, Variant("tfn", "tfn"), "emotion", 0)
     ctal = cell_config(decl, suite, request, Variant("ctal", "ctal"), "emotion", 0)
-    assert tfn.finetune.patience == 8 and tfn.finetune.weight_decay == 0.0  # tfn's own entry
-    assert ctal.finetune.patience == 10 and ctal.finetune.weight_decay == 0.01  # scale, default
+    late_fusion = cell_config(decl, suite, request, Variant("late_fusion", "late_fusion"), "emotion", 0)
+    assert late_fusion.finetune.lr == 2e-3 and late_fusion.finetune.batch_size == 64  # its own entry
+    assert tfn.finetune.weight_decay == 0.0  # tfn's own entry
+    assert ctal.finetune.lr == 1e-3 and ctal.finetune.weight_decay == 0.01  # scale, default
+    assert tfn.finetune.epochs == ctal.finetune.epochs == 3  # --set last
     assert tfn.model.size == ctal.model.size == "mini"  # sizes come from the scale
     # the scale's CTAL switch reaches CTAL only (a baseline has no such part and would reject it)
     assert ctal.model.orthogonality_weight == 0.03 and tfn.model.orthogonality_weight == 1.0
