@@ -16,7 +16,7 @@ EXAMPLES = """examples:
   python bench.py run --suite paper --data iemocap=/data/IEMOCAP_full_release
   python bench.py ablate --drop fusion --suite smoke
   python bench.py ablate --sweep mask_ratio
-  python bench.py run --suite paper --jobs 2
+  python bench.py run --suite paper --jobs 4
   python bench.py run --suite paper --executor ray --address auto
   python bench.py pretrain --scale smoke --seed 0
   torchrun --nproc-per-node 8 bench.py pretrain --scale paper
