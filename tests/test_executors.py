@@ -132,5 +132,23 @@ def test_a_ray_cluster_gives_the_local_results(tmp_path, data_dir, reference):
 def test_executor_options_are_checked(capsys):
     assert cli.main(["run", "--suite", "smoke", "--jobs", "0"]) == 2
     assert "--jobs 0: expected at least 1" in capsys.readouterr().err
+    assert cli.main(["run", "--suite", "smoke", "--jobs", "many"]) == 2
+    assert "--jobs many: expected a number of worker processes or auto" in capsys.readouterr().err
     assert cli.main(["run", "--suite", "smoke", "--address", "auto"]) == 2
     assert "--address is for --executor ray" in capsys.readouterr().err
+
+
+def test_jobs_auto_uses_a_worker_per_core_only_for_larger_cpu_runs(monkeypatch):
+    from argparse import Namespace
+
+    from ctal_bench.executors import POOL_MIN_CELLS, InProcess, LocalPool, executor_from_args
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    auto = executor_from_args(Namespace(executor="local", jobs="auto", address=None, device="cpu"))
+    assert isinstance(auto(POOL_MIN_CELLS - 1), InProcess)
+    pool = auto(POOL_MIN_CELLS)
+    assert isinstance(pool, LocalPool) and pool.jobs == 4 and pool.threads == 1
+    on_gpu = executor_from_args(Namespace(executor="local", jobs="auto", address=None, device="cuda"))
+    assert isinstance(on_gpu(1000), InProcess)
+    fixed = executor_from_args(Namespace(executor="local", jobs="2", address=None, device=None))
+    assert fixed(1).jobs == 2 and fixed(1).threads == 2
