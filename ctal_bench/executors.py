@@ -270,7 +270,8 @@ class RayCluster:
 
 
 # Below this many cells a pool's single-threaded workers lose more to the shared pre-training
-# (which one worker runs while the others wait) than they gain (smoke: 3 cells, measured slower).
+# (which one worker runs on one thread while the others wait) than they gain. Smoke's 3 cells
+# all wait for one pre-training: 15 s on 2 threads, about 24 s on one (mini CTAL, 2 cores).
 POOL_MIN_CELLS = 8
 
 
