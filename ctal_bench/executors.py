@@ -54,9 +54,12 @@ def _pipeline(workspace: Workspace):
     return _pipelines[workspace]
 
 
-def failed_record(cell, message: str) -> dict:
-    return {"status": FAILED, "config_hash": cell.hash, "config": to_dict(cell.config), "variant": cell.variant.name,
-            "traceback": message, "environment": environment()}
+def record_failure(store: ResultsStore, cell, message: str) -> dict:
+    """Write ``cell`` as failed, with ``message`` (a traceback) as its reason; return the record."""
+    record = {"status": FAILED, "config_hash": cell.hash, "config": to_dict(cell.config),
+              "variant": cell.variant.name, "traceback": message, "environment": environment()}
+    store.write(cell.key, record)
+    return record
 
 
 def pretrain_unit(workspace: Workspace, cfg, threads: int) -> str | None:
@@ -87,9 +90,7 @@ def cell_unit(workspace: Workspace, cell, threads: int, pretrain_failure: str | 
 
     store = ResultsStore(workspace.results)
     if pretrain_failure is not None:
-        record = failed_record(cell, f"its pre-training failed:\n{pretrain_failure}")
-        store.write(cell.key, record)
-        return record
+        return record_failure(store, cell, f"its pre-training failed:\n{pretrain_failure}")
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -97,21 +98,19 @@ def cell_unit(workspace: Workspace, cell, threads: int, pretrain_failure: str | 
     except UserError:
         raise
     except Exception:  # a bug or a numerical failure in one cell: record it, the suite goes on
-        record = failed_record(cell, traceback.format_exc())
-        store.write(cell.key, record)
-        return record
+        return record_failure(store, cell, traceback.format_exc())
 
 
 def pretraining_needed(cell, data, checkpoints: Path) -> str | None:
     """The key of the pre-training ``cell`` waits for, or None (no pre-training, or cached)."""
     from ctal_bench import pretrain
-    from ctal_bench.registry import MODELS
+    from ctal_bench.runner import starts_pretrained
 
     cfg = cell.config
-    if not (cfg.pretrain.enabled and not cfg.pretrain.init and getattr(MODELS.get(cfg.model.name), "pretrainable", False)):
+    if not starts_pretrained(cfg) or cfg.pretrain.init:
         return None
     key = pretrain.pretrain_key(cfg, data.pretraining_dataset(cfg).root)
-    return None if (checkpoints / f"pretrain-{key}.pt").exists() else key
+    return None if pretrain.checkpoint_path(checkpoints, key).exists() else key
 
 
 def prepare(cells: Sequence, data, checkpoints: Path) -> dict:

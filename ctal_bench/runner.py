@@ -19,7 +19,7 @@ from ctal_bench import declarations
 from ctal_bench.config import Config, apply_overrides, config_hash, to_dict
 from ctal_bench.declarations import Declarations, Suite, Variant
 from ctal_bench.errors import UserError
-from ctal_bench.executors import InProcess, Workspace, executor_from_args, failed_record
+from ctal_bench.executors import InProcess, Workspace, executor_from_args, record_failure
 from ctal_bench.registry import DATASETS, MODELS, TASKS
 from ctal_bench.results import DONE, FAILED, CellKey, ResultsStore, environment
 
@@ -147,9 +147,15 @@ def cell_config(decl: Declarations, suite: Suite, request: Request, variant: Var
     cfg = apply_overrides(cfg, suite.overrides)
     cfg = apply_overrides(cfg, variant.overrides)
     cfg = apply_overrides(cfg, list(request.overrides))
-    coordinates = {"model.name": variant.model, "data.dataset": dataset, "run.seed": seed}
-    if request.device:
-        coordinates["run.device"] = request.device
+    return at_coordinates(cfg, variant.model, dataset, seed, request.device)
+
+
+def at_coordinates(cfg: Config, model: str, dataset: str, seed: int, device: str | None) -> Config:
+    """``cfg`` for one model, dataset and seed (and ``--device``, when given): set last, so that
+    no declaration or override moves a run off its coordinates."""
+    coordinates = {"model.name": model, "data.dataset": dataset, "run.seed": seed}
+    if device:
+        coordinates["run.device"] = device
     return apply_overrides(cfg, coordinates)
 
 
@@ -192,12 +198,18 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
+def starts_pretrained(cfg: Config) -> bool:
+    """Whether fine-tuning starts from pre-trained weights (pre-trained here, or imported with
+    ``pretrain.init``)."""
+    return cfg.pretrain.enabled and getattr(MODELS.get(cfg.model.name), "pretrainable", False)
+
+
 def pretrained_weights(cfg: Config, data, checkpoints: Path, device, on_step=None) -> tuple[dict | None, dict | None]:
     """The weights fine-tuning starts from and their record: a pre-trained model's (from the
     cache in ``checkpoints``, trained now, or imported with ``pretrain.init``), else (None, None)."""
     from ctal_bench import pretrain
 
-    if not (cfg.pretrain.enabled and getattr(MODELS.get(cfg.model.name), "pretrainable", False)):
+    if not starts_pretrained(cfg):
         return None, None
     if cfg.pretrain.init:
         from ctal_bench.released import init_weights
@@ -255,19 +267,19 @@ def share_result(twin: Cell, cell: Cell, store: ResultsStore) -> dict:
 def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console, executor_for=None,
               workspace: Workspace | None = None) -> Summary:
     """Run the cells not already done, on ``executor_for(number of cells to train)`` (default: this
-    process). A cell whose
-    task and config equal another's shares that cell's result instead of training again (the
-    task is a cell coordinate, not part of the config). A failing cell is recorded with its
-    traceback and the rest go on."""
+    process). A cell whose task and config equal another's shares that cell's result instead of
+    training again (the task is a cell coordinate, not part of the config). A failing cell is
+    recorded with its traceback and the rest go on."""
     workspace = workspace or Workspace(store.root, data.data_dir, tuple(data.data_paths.items()))
-    summary = Summary()
+    summary, left = Summary(), []
     finished: dict[tuple[str, str], Cell] = {}  # (task, config hash) -> a finished cell
     for cell in cells:
         if store.is_done(cell.key, cell.hash):
             summary.skipped.append((cell, store.read(cell.key)))
             finished.setdefault((cell.key.task, cell.hash), cell)
-    todo, twins, first = [], {}, {}  # twins: a cell to run -> the cells that will share its result
-    left = [cell for cell in cells if not store.is_done(cell.key, cell.hash)]
+        else:
+            left.append(cell)
+    todo, twins, first = [], {}, {}  # twins: a cell to train -> the cells that will share its result
     for cell in left:
         same = (cell.key.task, cell.hash)
         if same in finished:
@@ -283,16 +295,16 @@ def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console, ex
                   + (f" ({len(left) - len(todo)} share a result)" if len(todo) < len(left) else ""))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
+    waiting = len(todo) + sum(map(len, twins.values()))  # cells the executor's results will record
     with Progress(*columns, console=console, transient=False) as progress:
-        overall = progress.add_task("cells", total=len(left), completed=len(left) - sum(1 + len(t) for t in twins.values()))
+        overall = progress.add_task("cells", total=len(left), completed=len(left) - waiting)
         steps = progress.add_task("steps", total=None, visible=isinstance(executor, InProcess))
         started, trained = time.perf_counter(), 0
 
         def describe() -> None:
-            remaining = sum(1 + len(twins.get(c.key, ())) for c in todo) - trained
             per_cell = f", {(time.perf_counter() - started) / trained:.0f} s/cell" if trained else ""
             progress.update(overall, description=f"cells (done {len(summary.ran)}, failed {len(summary.failed)}, "
-                            f"running {min(executor.workers, remaining)}, left {remaining}{per_cell})")
+                            f"running {min(executor.workers, len(todo) - trained)}, left {waiting}{per_cell})")
 
         def on_start(cell: Cell) -> None:
             k = cell.key
@@ -302,20 +314,19 @@ def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console, ex
         describe()
         for cell, record in executor.run(todo, data, workspace, on_start, lambda: progress.advance(steps)):
             trained += 1
-            group = [cell, *twins.get(cell.key, ())]
+            group = [cell, *twins[cell.key]]
             if record is None:  # its worker died: left unfinished for the next run
                 summary.unfinished += group
             elif record["status"] == FAILED:
                 summary.failed.append((cell, record))
                 console.print(f"[red]failed[/red] {cell.key.id}: {record['traceback'].strip().splitlines()[-1]}")
-                for twin in group[1:]:
-                    failure = failed_record(twin, f"shares the config of {cell.key.id}, which failed:\n"
-                                            + record["traceback"])
-                    store.write(twin.key, failure)
-                    summary.failed.append((twin, failure))
+                summary.failed += [(twin, record_failure(store, twin, f"shares the config of {cell.key.id}, "
+                                                         f"which failed:\n{record['traceback']}"))
+                                   for twin in group[1:]]
             else:
                 summary.ran.append((cell, record))
                 summary.ran += [(twin, share_result(cell, twin, store)) for twin in group[1:]]
+            waiting -= len(group)
             progress.advance(overall, len(group))
             describe()
         progress.update(overall, description=f"cells (done {len(summary.ran)}, failed {len(summary.failed)})")

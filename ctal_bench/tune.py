@@ -28,7 +28,7 @@ from ctal_bench.errors import UserError
 from ctal_bench.files import atomic_write_text
 from ctal_bench.metrics import HIGHER_IS_BETTER, is_better
 from ctal_bench.registry import MODELS, TASKS
-from ctal_bench.runner import base_config, dataset_for, pretrained_weights, resolve_device
+from ctal_bench.runner import at_coordinates, base_config, dataset_for, pretrained_weights, resolve_device
 
 TUNED_DIR = "tuned"  # under the results directory
 # The median pruner judges a trial only once 5 trials have completed, and not in the first third
@@ -185,11 +185,8 @@ def _fixed_config(decl: Declarations, request: TuneRequest, space: SearchSpace, 
                 raise UserError(f"--set {text}: {key} is searched ([search.{request.model}] in {space.source}); "
                                 "a fixed value would make the search meaningless")
     dataset = dataset_for(request.task, request.data_paths)
-    coordinates = {"model.name": request.model, "data.dataset": dataset, "run.seed": request.seed}
-    if request.device:
-        coordinates["run.device"] = request.device
     cfg = apply_overrides(base_config(decl, request.scale, request.model), list(request.overrides))
-    cfg = apply_overrides(cfg, coordinates)
+    cfg = at_coordinates(cfg, request.model, dataset, request.seed, request.device)
     source = data.dataset(dataset, cfg.data.size)
     source.check_task(request.task)
     fold = cfg.data.fold or source.folds(request.task)[0]
