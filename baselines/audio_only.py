@@ -30,8 +30,7 @@ class AudioOnly(Baseline):
         super().__init__(cfg, n_outputs, vocab_size)
         d = self.cfg.d_model
         self.input_projection = nn.Linear(AUDIO_DIM, d)
-        self.encoder = TransformerEncoder(d, self.cfg.n_heads, self.cfg.ffn_dim, self.cfg.audio_layers,
-                                          self.cfg.dropout)
+        self.encoder = TransformerEncoder(self.cfg, self.cfg.audio_layers)
         self.head = MLPHead(2 * d, d, n_outputs, self.cfg.dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:

@@ -162,11 +162,12 @@ class TransformerLayer(nn.Module):
     LayerNorm; the two modalities have different statistics, so the source gets its own.
     """
 
-    def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float, cross: bool):
+    def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float, attention_dropout: float,
+                 cross: bool):
         super().__init__()
         self.attn_norm = nn.LayerNorm(d_model)
         self.source_norm = nn.LayerNorm(d_model) if cross else None
-        self.attn = MultiHeadAttention(d_model, n_heads, dropout)  # key padding, no causal mask
+        self.attn = MultiHeadAttention(d_model, n_heads, attention_dropout)  # key padding, no causal mask
         self.ffn_norm = nn.LayerNorm(d_model)
         self.up = nn.Linear(d_model, ffn_dim)
         self.down = nn.Linear(ffn_dim, d_model)
@@ -188,15 +189,17 @@ class TransformerEncoder(nn.Module):
     """MulT's encoder: scale by sqrt(d), add sinusoidal positions, dropout, layers, final LN.
 
     With ``cross=True`` each layer attends from ``x`` to ``source`` (which gets the same scaling
-    and positions); otherwise it is a plain self-attention encoder.
+    and positions); otherwise it is a plain self-attention encoder. ``cfg`` gives the dropout
+    and the attention dropout (as CTAL's: at 0 the CPU uses the fused attention kernel).
     """
 
-    def __init__(self, d_model: int, n_heads: int, ffn_dim: int, layers: int, dropout: float,
-                 cross: bool = False):
+    def __init__(self, cfg: ModelConfig, layers: int, cross: bool = False):
         super().__init__()
+        d_model = cfg.d_model
         self.scale = math.sqrt(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(TransformerLayer(d_model, n_heads, ffn_dim, dropout, cross)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(TransformerLayer(d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout,
+                                                     cfg.attention_dropout, cross)
                                     for _ in range(layers))
         self.norm = nn.LayerNorm(d_model)
 

@@ -33,8 +33,7 @@ class TextOnly(Baseline):
         self.token_embedding = nn.Embedding(vocab_size, d)
         # The encoder scales its input by sqrt(d) (as MulT/fairseq do), so unit-variance rows.
         nn.init.normal_(self.token_embedding.weight, std=d ** -0.5)
-        self.encoder = TransformerEncoder(d, self.cfg.n_heads, self.cfg.ffn_dim, self.cfg.text_layers,
-                                          self.cfg.dropout)
+        self.encoder = TransformerEncoder(self.cfg, self.cfg.text_layers)
         self.head = MLPHead(2 * d, d, n_outputs, self.cfg.dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:

@@ -31,8 +31,9 @@ class ModelConfig:
     hidden: int = 0  # baselines: per-modality encoder width
     rank: int = 0  # lmf: fusion rank
     dropout: float = 0.1
-    # On attention probabilities (RoBERTa: 0.1). Non-zero forces the materialised-matrix
-    # attention path on CPU, which costs a quarter of a mini CTAL step (measured); CPU scales set 0.
+    # On attention probabilities, in CTAL and the transformer baselines (RoBERTa and MulT: 0.1).
+    # Non-zero forces the materialised-matrix attention path on CPU, which costs a quarter of a
+    # mini CTAL step (measured); CPU scales set 0.
     attention_dropout: float = 0.1
     max_text_len: int = 128
     max_audio_frames: int = 3000
