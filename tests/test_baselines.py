@@ -205,7 +205,6 @@ def test_subnet_dropout_reaches_the_layers():
                               text.eval()(batch.tokens, batch.token_mask))
 
 
-
 @pytest.mark.parametrize("name", ("text_only", "audio_only", "mult"))
 def test_transformer_baselines_take_attention_dropout_from_the_config(name):
     """model.attention_dropout, not model.dropout, drops attention weights (CPU scales set it to 0
@@ -215,6 +214,7 @@ def test_transformer_baselines_take_attention_dropout_from_the_config(name):
     assert torch.equal(still(batch).logits, still(batch).logits)  # dropout 0 everywhere
     dropped = make_model(name, attention_dropout=0.5).train()
     assert not torch.allclose(dropped(batch).logits, dropped(batch).logits)
+
 
 # ---- LMF -----------------------------------------------------------------------------------------
 
