@@ -108,7 +108,7 @@ CUSTOM_FLOPS = {
 
 
 def rnn_forward_flops(rnn: nn.RNNBase, steps: int) -> int:
-    """Matmul FLOPs of one forward pass over ``steps`` real time steps (summed over the batch):
+    """Matmul FLOPs of one forward pass over ``steps`` time steps (summed over the batch):
     2 x steps x rows x cols for every input and hidden weight of every layer and direction."""
     return sum(2 * steps * weight.shape[0] * weight.shape[1]
                for name, weight in rnn.named_parameters() if name.startswith(("weight_ih", "weight_hh")))
@@ -117,13 +117,11 @@ def rnn_forward_flops(rnn: nn.RNNBase, steps: int) -> int:
 def count_flops(model: nn.Module, step: Callable[[], object], backward: bool) -> int:
     """FLOPs of one call of ``step`` (which runs ``model``), with the hand counts above."""
     rnns = [m for m in model.modules() if isinstance(m, (nn.LSTM, nn.GRU))]
-    real_steps: dict[nn.Module, int] = {}
+    steps: dict[nn.Module, int] = {}  # batch x time steps each RNN ran (padded steps run too)
 
     def record_steps(module, inputs, _output):
-        x = inputs[0]
-        data = x.data if isinstance(x, nn.utils.rnn.PackedSequence) else x
-        real_steps[module] = real_steps.get(module, 0) + (
-            data.shape[0] if isinstance(x, nn.utils.rnn.PackedSequence) else data.shape[0] * data.shape[1])
+        x = inputs[0]  # (B, T, D): our RNNs are batch-first and unpacked
+        steps[module] = steps.get(module, 0) + x.shape[0] * x.shape[1]
 
     hooks = [m.register_forward_hook(record_steps) for m in rnns]
     counter = flop_counter.FlopCounterMode(mods=None, display=False, custom_mapping=CUSTOM_FLOPS)
@@ -137,9 +135,9 @@ def count_flops(model: nn.Module, step: Callable[[], object], backward: bool) ->
     total = counter.get_total_flops()
     root = type(model).__name__
     for name, module in model.named_modules():
-        if module in real_steps:
+        if module in steps:
             counted = sum(counts.get(f"{root}.{name}", {}).values())
-            total += (3 if backward else 1) * rnn_forward_flops(module, real_steps[module]) - counted
+            total += (3 if backward else 1) * rnn_forward_flops(module, steps[module]) - counted
     return int(total)
 
 

@@ -7,7 +7,9 @@ import importlib
 import pytest
 import torch
 
-from baselines.common import SubNet, TextSubNet, masked_max, masked_mean, resolve_size
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from baselines.common import RecurrentEncoder, SubNet, TextSubNet, masked_max, masked_mean, resolve_size
 from ctal_bench.config import ModelConfig
 from batches import random_batch
 from ctal_bench.data.batching import AUDIO_DIM, Batch
@@ -84,7 +86,7 @@ def test_size_fields_take_the_preset_unless_set_and_unused_ones_are_refused():
     assert cfg.hidden == 48 and cfg.d_model == MODELS.get("tfn").presets["mini"]["d_model"]
     assert fixed == {"text_out": 16, "audio_out": 8}
     model = MODELS.get("late_fusion")(ModelConfig(name="late_fusion", size="mini", hidden=20), 3, VOCAB)
-    assert model.text_encoder.rnn.hidden_size == 20
+    assert model.text_encoder.layers[0][0].hidden_size == 20
     with pytest.raises(UserError, match="model.rank=8 is not used by tfn"):
         MODELS.get("tfn")(ModelConfig(size="mini", rank=8), 4, VOCAB)
     with pytest.raises(UserError, match="model.head='concat' is a CTAL switch"):
@@ -187,6 +189,30 @@ def test_masked_pooling_by_hand():
     mask = torch.tensor([[True, True, False]])
     torch.testing.assert_close(masked_mean(x, mask), torch.tensor([[2.0, 1.0]]))
     torch.testing.assert_close(masked_max(x, mask), torch.tensor([[3.0, 4.0]]))
+
+
+@pytest.mark.parametrize("cell,layers", [("gru", 1), ("lstm", 2)])
+def test_recurrent_encoder_equals_a_packed_bidirectional_rnn(cell, layers):
+    """It runs on the padded batch for speed; outputs and final states must be the packed RNN's."""
+    torch.manual_seed(0)
+    encoder = RecurrentEncoder(5, 6, layers, cell=cell, bidirectional=True)
+    packed_rnn = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](
+        5, 6, num_layers=layers, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for i in range(layers):
+            for direction, suffix in enumerate(("", "_reverse")):
+                for weight in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(packed_rnn, f"{weight}_l{i}{suffix}").copy_(
+                        getattr(encoder.layers[i][direction], f"{weight}_l0"))
+    lengths = torch.tensor([9, 3, 1, 6])
+    mask = torch.arange(9) < lengths[:, None]
+    x = torch.randn(4, 9, 5).masked_fill(~mask[..., None], 50.0)  # loud padding
+    outputs, final = encoder(x, mask)
+    expected, state = packed_rnn(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    expected, _ = pad_packed_sequence(expected, batch_first=True, total_length=9)
+    h_n = state[0] if cell == "lstm" else state
+    torch.testing.assert_close(outputs, expected)
+    torch.testing.assert_close(final, torch.cat([h_n[-2], h_n[-1]], dim=-1))
 
 
 # ---- dropout acts on the tensor that goes on -----------------------------------------------------
