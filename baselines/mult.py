@@ -29,8 +29,8 @@ from ctal_bench.registry import MODELS
 # nlevels 5 cross-modal layers, memory max(nlevels, 3) = 5 layers, FFN 4d = 120, Conv1d kernel 1,
 # 300-d GloVe text input. Parameters at vocab 1,000 / 30,000, 4 outputs.
 PRESETS: dict[str, dict[str, int]] = {
-    "mini": dict(d_model=32, n_heads=4, text_layers=2, audio_layers=2, ffn_dim=128, memory_layers=1,
-                 embed_dim=32, text_kernel=3, audio_kernel=3),  # 0.14M / 1.06M
+    "mini": dict(d_model=32, n_heads=4, text_layers=1, audio_layers=1, ffn_dim=128, memory_layers=1,
+                 embed_dim=32, text_kernel=3, audio_kernel=3),  # 0.11M / 1.04M
     "small": dict(d_model=64, n_heads=4, text_layers=3, audio_layers=3, ffn_dim=256, memory_layers=2,
                   embed_dim=64, text_kernel=3, audio_kernel=3),  # 0.64M / 2.50M
     "base": dict(d_model=30, n_heads=5, text_layers=5, audio_layers=5, ffn_dim=120, memory_layers=5,
