@@ -100,7 +100,10 @@ def test_a_killed_worker_leaves_its_cells_unfinished_and_a_rerun_finishes_them(t
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_stopping_the_driver_stops_its_workers(tmp_path, data_dir, sig):
-    proc = bench("run", *TINY, "--jobs", "2", "--results", str(tmp_path / "results"), data_dir=data_dir)
+    # Long training, so the signal always lands while the workers are busy: the tiny run alone
+    # once ended normally (exit 0) in CI before the signal took effect.
+    long = ["--set", "pretrain.epochs=50", "--set", "finetune.epochs=50"]
+    proc = bench("run", *TINY, *long, "--jobs", "2", "--results", str(tmp_path / "results"), data_dir=data_dir)
     deadline = time.monotonic() + 120
     while not (workers := _workers(proc.pid)) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
