@@ -5,13 +5,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from ctal_bench import cli, declarations
+from processes import start_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--suite", "smoke", "--set", "data.size=tiny", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
@@ -36,23 +36,14 @@ def metrics(results: Path, suite: str = "smoke") -> dict:
             for path in sorted((results / "runs" / suite).glob("*.json"))}
 
 
-def bench(*args, data_dir) -> subprocess.Popen:
-    """``bench.py`` as a user starts it from a terminal: with Ctrl-C's default action even when
-    these tests run where SIGINT is ignored (a background job of a script), which children inherit."""
-    return subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *args, "--data-dir", str(data_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "250"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
 def test_worker_processes_give_the_in_process_results_and_share_pretraining(tmp_path, data_dir, reference):
     decl_dir = tmp_path / "decl"
     shutil.copytree(declarations.DEFAULT_DIR, decl_dir)
     (decl_dir / "broken.toml").write_text(  # one variant that raises inside its cell
         '[ablation.broken_schedule]\nsummary = "raises inside the cell"\nset = { "finetune.schedule" = "step" }\n')
     results = tmp_path / "results"
-    proc = bench("ablate", "--drop", "broken_schedule", "no_fusion", *TINY, "--jobs", "2", "--results", str(results),
-                 "--ablations-dir", str(decl_dir), data_dir=data_dir)
+    proc = start_bench("ablate", "--drop", "broken_schedule", "no_fusion", *TINY, "--jobs", "2",
+                       "--results", str(results), "--ablations-dir", str(decl_dir), data_dir=data_dir)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 1, stderr[-2000:]
     assert "3 of 9 cells failed" in stdout and "broken_schedule__emotion" in stdout
@@ -82,7 +73,7 @@ def _workers(pid: int) -> list[int]:
 def test_a_killed_worker_leaves_its_cells_unfinished_and_a_rerun_finishes_them(tmp_path, data_dir, reference):
     results = tmp_path / "results"
     args = ["run", *TINY, "--jobs", "2", "--results", str(results)]
-    proc = bench(*args, data_dir=data_dir)
+    proc = start_bench(*args, data_dir=data_dir)
     deadline = time.monotonic() + 120
     while not (workers := _workers(proc.pid)) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -94,7 +85,7 @@ def test_a_killed_worker_leaves_its_cells_unfinished_and_a_rerun_finishes_them(t
     finished = metrics(results) if (results / "runs").exists() else {}
     assert len(finished) < 3 and all(finished.values())  # nothing half-written, nothing recorded as failed
 
-    rerun = bench(*args, data_dir=data_dir)
+    rerun = start_bench(*args, data_dir=data_dir)
     stdout, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, stderr[-2000:]
     assert f"{len(finished)} already done, {3 - len(finished)} to run" in stdout
@@ -103,7 +94,7 @@ def test_a_killed_worker_leaves_its_cells_unfinished_and_a_rerun_finishes_them(t
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_stopping_the_driver_stops_its_workers(tmp_path, data_dir, sig):
-    proc = bench("run", *TINY, "--jobs", "2", "--results", str(tmp_path / "results"), data_dir=data_dir)
+    proc = start_bench("run", *TINY, "--jobs", "2", "--results", str(tmp_path / "results"), data_dir=data_dir)
     deadline = time.monotonic() + 120
     while not (workers := _workers(proc.pid)) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -19,6 +19,7 @@ from ctal_bench.pretrain import pretrain_losses
 from ctal_bench.registry import MODELS, TASKS
 from ctal_bench.training import Schedule, fit
 from ctal_bench.runner import base_config
+from processes import start_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "data.size=tiny", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
@@ -195,12 +196,7 @@ def test_every_model_runs_every_task_through_the_one_loop(tiny_data, model, task
 
 def _run_until(args, data_dir, ready, sig):
     """Start `bench.py run`, wait until ``ready()`` holds, send ``sig``; returns the exit code."""
-    env = {**os.environ, "COLUMNS": "250"}
-    # A shell's background job inherits SIGINT ignored, and Python then keeps it ignored: give the
-    # child the default disposition so that it gets its KeyboardInterrupt wherever the tests run.
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *args, "--data-dir", str(data_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = start_bench(*args, data_dir=data_dir, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
