@@ -6,7 +6,6 @@ import importlib
 
 import pytest
 import torch
-
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from baselines.common import RecurrentEncoder, SubNet, TextSubNet, masked_max, masked_mean, resolve_size

@@ -13,7 +13,6 @@ import pytest
 from ctal_bench import cli, declarations
 from processes import start_bench
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--suite", "smoke", "--set", "data.size=tiny", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
         "--set", "run.threads=1"]
 
