@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ctal_bench.config import ModelConfig
 from ctal_bench.errors import UserError
-from ctal_bench.models.base import ModelOutput, check_outputs
+from ctal_bench.models.base import Dropout, ModelOutput, check_outputs
 from ctal_bench.models.ctal import MultiHeadAttention
 
 # ModelConfig fields that size a model; 0 means "take the preset's value".
@@ -139,7 +139,7 @@ class RecurrentEncoder(nn.Module):
             nn.ModuleList(rnn(input_dim if i == 0 else self.directions * hidden, hidden, batch_first=True)
                           for _ in range(self.directions))
             for i in range(layers))
-        self.dropout = nn.Dropout(dropout)  # between stacked layers, as nn.LSTM / nn.GRU place it
+        self.dropout = Dropout(dropout)  # between stacked layers, as nn.LSTM / nn.GRU place it
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = mask.sum(dim=1)  # (B,)
@@ -193,7 +193,7 @@ class TransformerLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(d_model)
         self.up = nn.Linear(d_model, ffn_dim)
         self.down = nn.Linear(ffn_dim, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, source: torch.Tensor | None = None,
                 source_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -219,7 +219,7 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         d_model = cfg.d_model
         self.scale = math.sqrt(d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(TransformerLayer(d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout,
                                                      cfg.attention_dropout, cross)
                                     for _ in range(layers))
@@ -248,7 +248,7 @@ class MLPHead(nn.Module):
 
     def __init__(self, input_dim: int, width: int, n_outputs: int, dropout: float):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.layer_1 = nn.Linear(input_dim, width)
         self.layer_2 = nn.Linear(width, width)
         self.classifier = nn.Linear(width, n_outputs)
@@ -270,7 +270,7 @@ class SubNet(nn.Module):
     def __init__(self, input_dim: int, hidden: int, dropout: float):
         super().__init__()
         self.norm = nn.LayerNorm(input_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.layers = nn.Sequential(nn.Linear(input_dim, hidden), nn.ReLU(),
                                     nn.Linear(hidden, hidden), nn.ReLU(),
                                     nn.Linear(hidden, hidden), nn.ReLU())
@@ -287,7 +287,7 @@ class TextSubNet(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size, embed_dim)
         self.lstm = RecurrentEncoder(embed_dim, hidden, layers, cell="lstm", dropout=dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.projection = nn.Linear(hidden, out_dim)
 
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch.nn as nn
 from baselines.common import Baseline, MLPHead, RecurrentEncoder, mean_max_pool
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.models.base import ModelOutput
+from ctal_bench.models.base import Dropout, ModelOutput
 from ctal_bench.registry import MODELS
 
 # d_model = token embedding width; hidden = GRU width per direction (both modalities);
@@ -38,7 +38,7 @@ class LateFusion(Baseline):
         super().__init__(cfg, n_outputs, vocab_size)
         c = self.cfg
         self.token_embedding = nn.Embedding(vocab_size, c.d_model)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.text_encoder = RecurrentEncoder(c.d_model, c.hidden, c.text_layers, cell="gru",
                                              bidirectional=True, dropout=c.dropout)
         self.audio_encoder = RecurrentEncoder(AUDIO_DIM, c.hidden, c.audio_layers, cell="gru",

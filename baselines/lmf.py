@@ -16,7 +16,7 @@ import torch.nn as nn
 from baselines.common import AudioSubNet, Baseline, TextSubNet, append_one, baseline_output
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.models.base import ModelOutput
+from ctal_bench.models.base import Dropout, ModelOutput
 from ctal_bench.registry import MODELS
 
 # d_model = token embedding width and per-frame audio width; hidden = text LSTM width;
@@ -77,7 +77,7 @@ class LMF(Baseline):
                                       c.dropout)
         self.audio_subnet = AudioSubNet(AUDIO_DIM, c.d_model, fixed["audio_out"], c.dropout)
         self.fusion = LowRankFusion((fixed["text_out"], fixed["audio_out"]), c.rank, fixed["fusion_out"])
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.classifier = nn.Linear(fixed["fusion_out"], n_outputs)
 
     def forward(self, batch: Batch) -> ModelOutput:

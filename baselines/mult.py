@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from baselines.common import Baseline, TransformerEncoder, baseline_output, masked_mean
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
-from ctal_bench.models.base import ModelOutput
+from ctal_bench.models.base import Dropout, ModelOutput
 from ctal_bench.registry import MODELS
 
 # d_model = the shared width d of every transformer; text_layers / audio_layers = cross-modal
@@ -68,7 +68,7 @@ class MulT(Baseline):
         c = self.cfg
         d = c.d_model
         self.token_embedding = nn.Embedding(vocab_size, fixed["embed_dim"])
-        self.embed_dropout = nn.Dropout(c.dropout)
+        self.embed_dropout = Dropout(c.dropout)
         self.text_projection = MaskedConv1d(fixed["embed_dim"], d, fixed["text_kernel"])
         self.audio_projection = MaskedConv1d(AUDIO_DIM, d, fixed["audio_kernel"])
         self.text_with_audio = TransformerEncoder(c, c.text_layers, cross=True)
@@ -77,7 +77,7 @@ class MulT(Baseline):
         self.audio_memory = TransformerEncoder(c, fixed["memory_layers"])
         self.proj1 = nn.Linear(2 * d, 2 * d)
         self.proj2 = nn.Linear(2 * d, 2 * d)
-        self.out_dropout = nn.Dropout(c.dropout)
+        self.out_dropout = Dropout(c.dropout)
         self.classifier = nn.Linear(2 * d, n_outputs)
 
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""CTAL: shapes, gradients, parameter counts, fusion head by hand, masks, stream independence."""
+"""CTAL: shapes, gradients, parameter counts, fusion head by hand, masks, stream independence;
+the dropout every model uses."""
 import dataclasses
 
 import pytest
@@ -10,6 +11,7 @@ from batches import random_batch
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.data.text import SPECIAL_TOKENS
 from ctal_bench.errors import UserError
+from ctal_bench.models.base import Dropout
 from ctal_bench.models.ctal import CTAL, PRESETS, resolve_size
 from ctal_bench.optim import adamw
 from ctal_bench.registry import MODELS
@@ -335,3 +337,35 @@ def test_audio_depends_on_text_only_with_cross_attention(cross_modal):
         assert difference > 1e-4
     else:
         assert difference == 0.0
+
+
+# ---- dropout (every model's) ----------------------------------------------------------------------
+
+def test_dropout_keeps_one_minus_p_scaled_and_passes_the_same_mask_to_the_gradient():
+    torch.manual_seed(0)
+    dropout = Dropout(0.1).train()
+    x = torch.randn(1000, 1000, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    # 1e6 draws: the kept share's standard deviation is 3e-4.
+    assert abs(kept.float().mean().item() - 0.9) < 3e-3
+    torch.testing.assert_close(y[kept], x[kept] / 0.9)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.9)
+
+
+def test_dropout_is_the_identity_in_eval_and_at_zero_and_rejects_p_outside_0_1():
+    x = torch.randn(8, 16)
+    assert torch.equal(Dropout(0.5).eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    for p in (-0.1, 1.0):
+        with pytest.raises(UserError, match=r"dropout must be in \[0, 1\)"):
+            Dropout(p)
+
+
+def test_dropout_mask_follows_the_seed():
+    x = torch.randn(64, 64)
+    torch.manual_seed(3)
+    first = Dropout(0.3).train()(x)
+    torch.manual_seed(3)
+    assert torch.equal(Dropout(0.3).train()(x), first)

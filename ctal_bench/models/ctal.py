@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.errors import UserError
-from ctal_bench.models.base import ModelOutput, check_outputs
+from ctal_bench.models.base import Dropout, ModelOutput, check_outputs
 from ctal_bench.registry import MODELS
 
 HEADS = ("fusion", "concat", "text", "audio")
@@ -69,7 +69,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = nn.Linear(d_model, ffn_dim)
         self.down = nn.Linear(ffn_dim, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.down(F.gelu(self.up(x))))
@@ -84,7 +84,7 @@ class TextLayer(nn.Module):
         self.attn_norm = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
         self.ffn_norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         x = self.attn_norm(x + self.dropout(self.attn(x, token_mask)))
@@ -108,7 +108,7 @@ class AudioLayer(nn.Module):
         self.cross_norm = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
         self.ffn_norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, audio_mask: torch.Tensor, text: torch.Tensor | None,
                 token_mask: torch.Tensor | None, cross_attention: bool) -> torch.Tensor:
@@ -128,7 +128,7 @@ class TextStream(nn.Module):
         self.token_embedding = nn.Embedding(vocab_size, cfg.d_model)
         self.position_embedding = nn.Embedding(cfg.max_text_len, cfg.d_model)
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(TextLayer(cfg.d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.attention_dropout)
                                     for _ in range(cfg.text_layers))
 
@@ -154,7 +154,7 @@ class AudioStream(nn.Module):
         self.input_projection = nn.Linear(AUDIO_DIM, cfg.d_model)
         self.position_embedding = nn.Embedding(cfg.max_audio_frames, cfg.d_model)
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
             AudioLayer(cfg.d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.attention_dropout,
                        causal=cfg.audio_causal)
