@@ -105,14 +105,14 @@ def _significance(cells: pd.DataFrame, pairs: list[tuple[str, str, str, str]], m
     """(variant, task, metric) -> (comparison with its reference, corrected p) for every pair
     (variant, reference, task, metric) with at least two matched seeds; one family. With
     ``aso``, ASO is computed for each task's selection metric (it costs seconds per comparison)."""
-    found = {}
+    matched = {}
     for variant, reference, task, metric in pairs:
         a, b = per_seed(cells, variant, task, metric), per_seed(cells, reference, task, metric)
         seeds = sorted(set(a.index) & set(b.index))
         if len(seeds) >= 2:
-            found[(variant, task, metric)] = stats.compare_seeds(
-                a[seeds].to_numpy(), b[seeds].to_numpy(), HIGHER_IS_BETTER[metric],
-                with_aso=aso and metric == TASKS.get(task).selection_metric)
+            matched[(variant, task, metric)] = (a[seeds].to_numpy(), b[seeds].to_numpy(), HIGHER_IS_BETTER[metric],
+                                                aso and metric == TASKS.get(task).selection_metric)
+    found = dict(zip(matched, stats.compare_many(list(matched.values()))))
     adjusted = stats.correct([c.p_value for c in found.values()], method)
     return {key: (comparison, float(p)) for (key, comparison), p in zip(found.items(), adjusted)}
 
