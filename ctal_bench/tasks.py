@@ -11,7 +11,7 @@ logits and embeddings in example order, plus the split's trials for verification
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -95,8 +95,8 @@ class Task(ABC):
     cluster: ClassVar[str] = "speaker"
 
     @abstractmethod
-    def score_predictions(self, predictions: pd.DataFrame) -> float:
-        """The selection metric computed from a ``predictions`` table."""
+    def score_predictions(self, predictions: Mapping[str, np.ndarray] | pd.DataFrame) -> float:
+        """The selection metric computed from a ``predictions`` table's columns (by name)."""
 
     def eval_trials(self, split: Split, which: str) -> tuple[Trial, ...]:
         """The trials an evaluation split is scored on; none outside verification."""
@@ -153,7 +153,7 @@ class EmotionTask(Task):
     def predictions(self, outputs: EvalOutputs) -> pd.DataFrame:
         return _example_table(outputs, self._predicted_classes(outputs))
 
-    def score_predictions(self, predictions: pd.DataFrame) -> float:
+    def score_predictions(self, predictions: Mapping[str, np.ndarray] | pd.DataFrame) -> float:
         return unweighted_accuracy(predictions["target"], predictions["prediction"], len(EMOTIONS))
 
 
@@ -185,7 +185,7 @@ class SentimentTask(Task):
     def predictions(self, outputs: EvalOutputs) -> pd.DataFrame:
         return _example_table(outputs, outputs.logits[:, 0])
 
-    def score_predictions(self, predictions: pd.DataFrame) -> float:
+    def score_predictions(self, predictions: Mapping[str, np.ndarray] | pd.DataFrame) -> float:
         return mae(predictions["prediction"], predictions["target"])
 
 
@@ -234,9 +234,9 @@ class VerificationTask(Task):
     row_keys = ("enroll", "test")
     cluster = "enroll_speaker"  # a trial belongs to its enrolment speaker
 
-    def score_predictions(self, predictions: pd.DataFrame) -> float:
+    def score_predictions(self, predictions: Mapping[str, np.ndarray] | pd.DataFrame) -> float:
         """EER of a trial table; NaN when it lacks target or non-target trials (a resample can)."""
-        if predictions["target"].nunique() < 2:
+        if len(np.unique(predictions["target"])) < 2:
             return float("nan")
         return eer(predictions["score"], predictions["target"])
 
