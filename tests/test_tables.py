@@ -73,6 +73,7 @@ def test_daggers_appear_where_and_only_where_a_real_difference_is():
     assert len(comparisons) == 3 * 6 and set(comparisons["variant"]) == {"better", "same", "worse"}
 
 
+@pytest.mark.slow  # 200 simulated tables: 40-85 s on 2 cores
 def test_a_over_a_false_positive_rate_is_controlled():
     """200 simulations where no model differs from the reference, N = 5 seeds each."""
     rng = np.random.default_rng(1)
