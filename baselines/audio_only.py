@@ -26,10 +26,10 @@ class AudioOnly(Baseline):
     model_name = "audio_only"
     presets = PRESETS
 
-    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
+    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int, audio_dim: int = AUDIO_DIM):
         super().__init__(cfg, n_outputs, vocab_size)
         d = self.cfg.d_model
-        self.input_projection = nn.Linear(AUDIO_DIM, d)
+        self.input_projection = nn.Linear(audio_dim, d)
         self.encoder = TransformerEncoder(self.cfg, self.cfg.audio_layers)
         self.head = MLPHead(2 * d, d, n_outputs, self.cfg.dropout)
 

@@ -1,7 +1,8 @@
 """Pieces shared by the late-fusion baselines: size presets, masked pooling, encoders, heads.
 
-Every baseline takes the same ``Batch`` as CTAL (token ids with <s> first, 160-d acoustic
-frames, True-is-real masks) and returns a ``ModelOutput``. Padding never reaches a result:
+Every baseline takes the same ``Batch`` as CTAL (token ids with <s> first, acoustic frames of
+160 x ``data.frame_stack`` dimensions, True-is-real masks) and returns a ``ModelOutput``; like
+CTAL, it is built with that frame width (``audio_dim``). Padding never reaches a result:
 recurrent encoders never read padding, attention uses key-padding masks, and pooling
 looks at real positions only. So an utterance gets the same output alone or inside any batch.
 """

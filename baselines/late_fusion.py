@@ -34,14 +34,14 @@ class LateFusion(Baseline):
     model_name = "late_fusion"
     presets = PRESETS
 
-    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
+    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int, audio_dim: int = AUDIO_DIM):
         super().__init__(cfg, n_outputs, vocab_size)
         c = self.cfg
         self.token_embedding = nn.Embedding(vocab_size, c.d_model)
         self.dropout = Dropout(c.dropout)
         self.text_encoder = RecurrentEncoder(c.d_model, c.hidden, c.text_layers, cell="gru",
                                              bidirectional=True, dropout=c.dropout)
-        self.audio_encoder = RecurrentEncoder(AUDIO_DIM, c.hidden, c.audio_layers, cell="gru",
+        self.audio_encoder = RecurrentEncoder(audio_dim, c.hidden, c.audio_layers, cell="gru",
                                               bidirectional=True, dropout=c.dropout)
         # Each modality: [mean ; max] of (2 directions * hidden) -> 4 * hidden.
         self.head = MLPHead(8 * c.hidden, c.ffn_dim, n_outputs, c.dropout)

@@ -69,13 +69,13 @@ class LMF(Baseline):
     model_name = "lmf"
     presets = PRESETS
 
-    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
+    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int, audio_dim: int = AUDIO_DIM):
         super().__init__(cfg, n_outputs, vocab_size)
         fixed = self.fixed
         c = self.cfg
         self.text_subnet = TextSubNet(vocab_size, c.d_model, c.hidden, c.text_layers, fixed["text_out"],
                                       c.dropout)
-        self.audio_subnet = AudioSubNet(AUDIO_DIM, c.d_model, fixed["audio_out"], c.dropout)
+        self.audio_subnet = AudioSubNet(audio_dim, c.d_model, fixed["audio_out"], c.dropout)
         self.fusion = LowRankFusion((fixed["text_out"], fixed["audio_out"]), c.rank, fixed["fusion_out"])
         self.dropout = Dropout(c.dropout)
         self.classifier = nn.Linear(fixed["fusion_out"], n_outputs)

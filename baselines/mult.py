@@ -62,7 +62,7 @@ class MulT(Baseline):
     model_name = "mult"
     presets = PRESETS
 
-    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
+    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int, audio_dim: int = AUDIO_DIM):
         super().__init__(cfg, n_outputs, vocab_size)
         fixed = self.fixed
         c = self.cfg
@@ -70,7 +70,7 @@ class MulT(Baseline):
         self.token_embedding = nn.Embedding(vocab_size, fixed["embed_dim"])
         self.embed_dropout = Dropout(c.dropout)
         self.text_projection = MaskedConv1d(fixed["embed_dim"], d, fixed["text_kernel"])
-        self.audio_projection = MaskedConv1d(AUDIO_DIM, d, fixed["audio_kernel"])
+        self.audio_projection = MaskedConv1d(audio_dim, d, fixed["audio_kernel"])
         self.text_with_audio = TransformerEncoder(c, c.text_layers, cross=True)
         self.audio_with_text = TransformerEncoder(c, c.audio_layers, cross=True)
         self.text_memory = TransformerEncoder(c, fixed["memory_layers"])

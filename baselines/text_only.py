@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from baselines.common import Baseline, MLPHead, TransformerEncoder, mean_max_pool
 from ctal_bench.config import ModelConfig
-from ctal_bench.data.batching import Batch
+from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.models.base import ModelOutput
 from ctal_bench.registry import MODELS
 
@@ -27,7 +27,7 @@ class TextOnly(Baseline):
     model_name = "text_only"
     presets = PRESETS
 
-    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
+    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int, audio_dim: int = AUDIO_DIM):
         super().__init__(cfg, n_outputs, vocab_size)
         d = self.cfg.d_model
         self.token_embedding = nn.Embedding(vocab_size, d)

@@ -34,13 +34,13 @@ class TFN(Baseline):
     model_name = "tfn"
     presets = PRESETS
 
-    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
+    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int, audio_dim: int = AUDIO_DIM):
         super().__init__(cfg, n_outputs, vocab_size)
         fixed = self.fixed
         c = self.cfg
         self.text_subnet = TextSubNet(vocab_size, c.d_model, c.hidden, c.text_layers, fixed["text_out"],
                                       c.dropout)
-        self.audio_subnet = AudioSubNet(AUDIO_DIM, c.d_model, fixed["audio_out"], c.dropout)
+        self.audio_subnet = AudioSubNet(audio_dim, c.d_model, fixed["audio_out"], c.dropout)
         fused_dim = (fixed["text_out"] + 1) * (fixed["audio_out"] + 1)
         self.head = MLPHead(fused_dim, c.ffn_dim, n_outputs, c.dropout)
 

@@ -62,7 +62,11 @@ class DataConfig:
     fold: str = ""  # "" = every fold of the task
     pretrain_dataset: str = ""  # "" = the task's dataset when it has a pre-training corpus
     vocab_size: int = 1000  # 30,000 at paper scale
-    max_audio_frames: int = 3000  # longer utterances are truncated, and counted
+    max_audio_frames: int = 3000  # longer utterances are truncated (before stacking), and counted
+    # Consecutive feature frames concatenated into one model frame: at 2, models read half as many
+    # frames, each 2 x 160-d (the information stays; sequence costs halve). Masking spans and
+    # model.max_audio_frames count model frames.
+    frame_stack: int = 1
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
 

@@ -33,7 +33,7 @@ class Outcome:
 
 def build_model(cfg: Config, data: TaskData) -> torch.nn.Module:
     torch.manual_seed(cfg.run.seed)  # the seed fixes initialisation
-    return MODELS.get(cfg.model.name)(cfg.model, data.n_outputs, data.vocab_size)
+    return MODELS.get(cfg.model.name)(cfg.model, data.n_outputs, data.vocab_size, batching.audio_dim(cfg.data))
 
 
 def load_pretrained(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -109,7 +109,7 @@ def finetune(cfg: Config, task_name: str, data: TaskData, pretrained: dict[str, 
         best_epoch=result.best_epoch, curve=result.curve, predictions=task.predictions(test),
         timing={"train_seconds": result.train_seconds, "steps": result.steps,
                 "train_samples_per_second": result.samples / max(result.train_seconds, 1e-9),
-                "train_audio_seconds_per_second": result.audio_frames * cfg.data.features.hop_ms / 1000
+                "train_audio_seconds_per_second": result.audio_frames * batching.frame_ms(cfg.data) / 1000
                 / max(result.train_seconds, 1e-9),
                 "eval_samples_per_second": n_eval / max(eval_seconds, 1e-9)},
         parameters=sum(p.numel() for p in model.parameters()), extra=task.diagnostics(test))

@@ -104,7 +104,7 @@ def pretrained_weights(cfg: Config, data: DataPipeline, checkpoints: Path, devic
         vocab_size = data.tokenizer(cfg).get_vocab_size()
 
     torch.manual_seed(cfg.run.seed)
-    model = MODELS.get(cfg.model.name)(cfg.model, 1, vocab_size).to(device)
+    model = MODELS.get(cfg.model.name)(cfg.model, 1, vocab_size, batching.audio_dim(cfg.data)).to(device)
     pretraining = model.pretraining()
     # Without cross-modal pre-training the audio layers' cross-attention gets no gradient.
     trained = data_parallel(pretraining, world, device, find_unused_parameters=not p.cross_modal)

@@ -149,25 +149,26 @@ class Shape:
     tokens: int
 
 
-def random_batch(batch: int, shape: Shape, vocab_size: int, n_outputs: int, device: torch.device):
+def random_batch(batch: int, shape: Shape, vocab_size: int, n_outputs: int, device: torch.device,
+                 audio_dim: int):
     from ctal_bench.data.batching import Batch
     from ctal_bench.data.text import SPECIAL_TOKENS
 
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(len(SPECIAL_TOKENS), vocab_size, (batch, shape.tokens), generator=generator)
     return Batch(tokens=tokens, token_mask=torch.ones(batch, shape.tokens, dtype=torch.bool),
-                 audio=torch.randn(batch, shape.audio_frames, 160, generator=generator),
+                 audio=torch.randn(batch, shape.audio_frames, audio_dim, generator=generator),
                  audio_mask=torch.ones(batch, shape.audio_frames, dtype=torch.bool),
                  targets=torch.randint(0, n_outputs, (batch,), generator=generator),
                  uids=("",) * batch, speakers=("",) * batch).to(device)
 
 
-def summarise_times(seconds: np.ndarray, samples: int, shape: Shape, hop_ms: float) -> dict:
+def summarise_times(seconds: np.ndarray, samples: int, shape: Shape, frame_ms: float) -> dict:
     median = float(np.median(seconds))
     q1, q3, p90 = np.percentile(seconds, [25, 75, 90])
     return {"median_s": median, "iqr_s": float(q3 - q1), "p90_s": float(p90), "steps": len(seconds),
             "samples_per_s": samples / median,
-            "audio_seconds_per_s": samples * shape.audio_frames * hop_ms / 1000 / median,
+            "audio_seconds_per_s": samples * shape.audio_frames * frame_ms / 1000 / median,
             "tokens_per_s": samples * shape.tokens / median}
 
 
@@ -191,17 +192,19 @@ def profile_model(cfg, vocab_size: int, n_outputs: int, shapes: dict[str, Shape]
     """Every phase of one model: pre-training step (pre-trainable models), fine-tuning step,
     inference over a batch-size sweep, and batch-1 latency at each shape."""
     from ctal_bench import finetune, pretrain
+    from ctal_bench.data import batching
     from ctal_bench.optim import adamw
     from ctal_bench.registry import MODELS, TASKS
 
     torch.manual_seed(0)
-    model = MODELS.get(cfg.model.name)(cfg.model, n_outputs, vocab_size).to(device)
+    width = batching.audio_dim(cfg.data)
+    model = MODELS.get(cfg.model.name)(cfg.model, n_outputs, vocab_size, width).to(device)
     runnable = torch.compile(model) if compile else model
     task = TASKS.get("emotion")
     optimizer = adamw(model, 1e-4, 0.01)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     generator = torch.Generator(device=device).manual_seed(0)
-    hop_ms = cfg.data.features.hop_ms
+    frame_ms = batching.frame_ms(cfg.data)
     median = shapes["median"]
     record = {"model": cfg.model.name, "size": cfg.model.size, "parameters": sum(p.numel() for p in model.parameters()),
               "phases": {}}
@@ -215,10 +218,10 @@ def profile_model(cfg, vocab_size: int, n_outputs: int, shapes: dict[str, Shape]
             optimizer.step()
         return step
 
-    batch = random_batch(cfg.finetune.batch_size, median, vocab_size, n_outputs, device)
+    batch = random_batch(cfg.finetune.batch_size, median, vocab_size, n_outputs, device, width)
     phases = {"finetune": (cfg.finetune.batch_size, lambda: finetune._losses(task, runnable, batch))}
     if getattr(type(model), "pretrainable", False):
-        pre_batch = random_batch(cfg.pretrain.batch_size, median, vocab_size, n_outputs, device)
+        pre_batch = random_batch(cfg.pretrain.batch_size, median, vocab_size, n_outputs, device, width)
         pretraining = model.pretraining()
         pretraining = torch.compile(pretraining) if compile else pretraining
         phases["pretrain"] = (cfg.pretrain.batch_size,
@@ -230,13 +233,13 @@ def profile_model(cfg, vocab_size: int, n_outputs: int, shapes: dict[str, Shape]
             torch.cuda.reset_peak_memory_stats(device)
         seconds = time_steps(training(losses), steps, warmup, device)
         record["phases"][phase] = {"batch": size, "shape": median.__dict__, "flops_per_step": flops,
-                                   "flops_per_sample": flops / size, **summarise_times(seconds, size, median, hop_ms),
+                                   "flops_per_sample": flops / size, **summarise_times(seconds, size, median, frame_ms),
                                    **peak_memory(device)}
 
     model.eval()
     sweep = []
     for size in batch_sizes(device):
-        batch = random_batch(size, median, vocab_size, n_outputs, device)
+        batch = random_batch(size, median, vocab_size, n_outputs, device, width)
 
         def forward():
             with torch.inference_mode(), autocast:
@@ -253,12 +256,12 @@ def profile_model(cfg, vocab_size: int, n_outputs: int, shapes: dict[str, Shape]
             sweep.append({"batch": size, "error": "out of memory"})
             torch.cuda.empty_cache()
             break
-        sweep.append({"batch": size, "flops_per_step": flops, **summarise_times(seconds, size, median, hop_ms),
+        sweep.append({"batch": size, "flops_per_step": flops, **summarise_times(seconds, size, median, frame_ms),
                       **peak_memory(device)})
     record["phases"]["inference"] = {"shape": median.__dict__, "sweep": sweep}
     latency = {}
     for name, shape in shapes.items():
-        batch = random_batch(1, shape, vocab_size, n_outputs, device)
+        batch = random_batch(1, shape, vocab_size, n_outputs, device, width)
 
         def forward():
             with torch.inference_mode(), autocast:

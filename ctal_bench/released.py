@@ -443,14 +443,17 @@ def converted_tokenizer(path: Path, record: dict | None = None) -> Tokenizer:
     return Tokenizer.from_str((Path(path).parent / record["tokenizer"]).read_text(encoding="utf-8"))
 
 
-def init_weights(path: Path, model_cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], dict]:
+def init_weights(path: Path, model_cfg: ModelConfig, frame_stack: int) -> tuple[dict[str, torch.Tensor], dict]:
     """A converted checkpoint's weights and record, for fine-tuning a model configured as
-    ``model_cfg``; every model field the network fixes must agree (the error lists the flags)."""
+    ``model_cfg`` on frames stacked ``frame_stack`` at a time; every model field the network
+    fixes must agree, and it reads single 160-d frames (the error lists the flags)."""
     state = _converted_state(path)
     record = state["record"]
-    wrong = {k: v for k, v in record["model_config"].items() if getattr(model_cfg, k) != v}
+    wrong = {f"model.{k}": v for k, v in record["model_config"].items() if getattr(model_cfg, k) != v}
+    if frame_stack != 1:
+        wrong["data.frame_stack"] = 1
     if wrong:
-        flags = " ".join(f"--set model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in wrong.items())
+        flags = " ".join(f"--set {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in wrong.items())
         raise UserError(f"{path}: the released network needs {flags}")
     return state["model"], {**record, "reused": True}
 

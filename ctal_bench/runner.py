@@ -214,7 +214,7 @@ def pretrained_weights(cfg: Config, data, checkpoints: Path, device, on_step=Non
     if cfg.pretrain.init:
         from ctal_bench.released import init_weights
 
-        return init_weights(Path(cfg.pretrain.init), cfg.model)
+        return init_weights(Path(cfg.pretrain.init), cfg.model, cfg.data.frame_stack)
     return pretrain.pretrained_weights(cfg, data, checkpoints, device, on_step)
 
 

@@ -29,10 +29,11 @@ TOKEN_LENGTHS = (9, 6, 3, 7)
 FRAME_LENGTHS = (20, 13, 7, 16)
 
 
-def make_model(name: str, n_outputs: int = 4, seed: int = 0, **changes) -> torch.nn.Module:
+def make_model(name: str, n_outputs: int = 4, seed: int = 0, audio_dim: int = AUDIO_DIM,
+               **changes) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = ModelConfig(name=name, size="mini", dropout=0.0, **changes)
-    return MODELS.get(name)(cfg, n_outputs, VOCAB).eval()
+    return MODELS.get(name)(cfg, n_outputs, VOCAB, audio_dim).eval()
 
 
 def make_batch(seed: int = 0, token_lengths=TOKEN_LENGTHS, frame_lengths=FRAME_LENGTHS) -> Batch:
@@ -133,10 +134,13 @@ def test_overfits_a_tiny_batch(name, task_name):
     assert out.logits.shape == (4, n_outputs) and out.aux_loss.item() == 0.0
 
 
+@pytest.mark.parametrize("frame_stack", [1, 2])
 @pytest.mark.parametrize("name", BASELINES)
-def test_gradients_reach_every_parameter(name):
-    model = make_model(name).train()
-    batch = dataclasses.replace(make_batch(), targets=torch.tensor([0, 1, 2, 3]))
+def test_gradients_reach_every_parameter(name, frame_stack):
+    """Also with stacked frames (data.frame_stack): every model reads frames of the given width."""
+    model = make_model(name, audio_dim=frame_stack * AUDIO_DIM).train()
+    batch = random_batch(VOCAB, TOKEN_LENGTHS, FRAME_LENGTHS, audio_dim=frame_stack * AUDIO_DIM)
+    batch = dataclasses.replace(batch, targets=torch.tensor([0, 1, 2, 3]))
     out = model(batch)
     assert out.embedding.shape[0] == 4 and out.embedding.ndim == 2
     TASKS.get("emotion").loss(out.logits, batch.targets).backward()

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctal_bench.data.base import Example
-from ctal_bench.data.batching import AUDIO_DIM, Item, bucket_batches, collate, iterate, make_items
+from ctal_bench.data.batching import AUDIO_DIM, Item, bucket_batches, collate, iterate, make_items, stack_frames
 from ctal_bench.data.text import PAD_ID
 from ctal_bench.errors import UserError
 
@@ -118,6 +118,26 @@ def test_make_items_truncates_and_counts():
     with pytest.raises(ValueError, match="u3"):
         make_items(examples, {k: v for k, v in feats.items() if k != "u3"}, tokens, None, 100)
 
+
+
+def test_stacked_frames_hold_every_feature_frame_in_order():
+    audio = np.arange(5 * 3, dtype=np.float16).reshape(5, 3)  # 5 frames of width 3
+    stacked = stack_frames(audio, 2)
+    assert stacked.shape == (3, 6) and stacked.dtype == np.float16
+    np.testing.assert_array_equal(stacked[:2].reshape(4, 3), audio[:4])  # frames side by side, in order
+    np.testing.assert_array_equal(stacked[2], np.concatenate([audio[4], np.zeros(3)]))  # last group padded
+    np.testing.assert_array_equal(stack_frames(audio, 1), audio)
+
+
+def test_make_items_stacks_after_the_cut():
+    examples = [Example(uid=f"u{i}", audio=Path(f"u{i}.wav"), text="t", speaker="s") for i in range(2)]
+    feats = {"u0": np.ones((7, AUDIO_DIM), dtype=np.float16), "u1": np.ones((80, AUDIO_DIM), dtype=np.float16)}
+    tokens = [np.arange(3), np.arange(4)]
+    items, truncated = make_items(examples, feats, tokens, None, max_audio_frames=50, frame_stack=2)
+    assert truncated == 1
+    assert [it.audio.shape for it in items] == [(4, 2 * AUDIO_DIM), (25, 2 * AUDIO_DIM)]
+    with pytest.raises(UserError, match="data.frame_stack' must be >= 1, got 0"):
+        make_items(examples, feats, tokens, None, max_audio_frames=50, frame_stack=0)
 
 def test_iterate_covers_everything_with_little_padding():
     rng = np.random.default_rng(5)

@@ -25,9 +25,9 @@ TOKEN_LENGTHS = (8, 5, 3)
 FRAME_LENGTHS = (40, 25, 12)
 
 
-def make_model(seed: int = 0, n_outputs: int = N_OUT, **changes) -> CTAL:
+def make_model(seed: int = 0, n_outputs: int = N_OUT, audio_dim: int = AUDIO_DIM, **changes) -> CTAL:
     torch.manual_seed(seed)
-    return CTAL(dataclasses.replace(SMALL, **changes), n_outputs, VOCAB).eval()
+    return CTAL(dataclasses.replace(SMALL, **changes), n_outputs, VOCAB, audio_dim).eval()
 
 
 def make_batch(seed: int = 0, token_lengths=TOKEN_LENGTHS, frame_lengths=FRAME_LENGTHS) -> Batch:
@@ -69,14 +69,17 @@ def test_forward_backward_every_head(head):
         assert all(p.grad is None for p in model.audio_stream.parameters())
 
 
-def test_regression_output_and_pretrain_shapes():
-    model = make_model(n_outputs=1)
-    batch = make_batch()
+@pytest.mark.parametrize("frame_stack", [1, 2])
+def test_regression_output_and_pretrain_shapes(frame_stack):
+    """MAM predicts whole model frames: 160-d, or the width of stacked frames (data.frame_stack)."""
+    width = frame_stack * AUDIO_DIM
+    model = make_model(n_outputs=1, audio_dim=width)
+    batch = random_batch(VOCAB, TOKEN_LENGTHS, FRAME_LENGTHS, n_classes=N_OUT, audio_dim=width)
     assert model(batch).logits.shape == (3, 1)
     for cross_modal in (True, False):
         mlm, mam = model.pretraining()(batch.tokens, batch.token_mask, batch.audio,
                                        batch.audio_mask, cross_modal=cross_modal)
-        assert mlm.shape == (3, 8, VOCAB) and mam.shape == (3, 40, AUDIO_DIM)
+        assert mlm.shape == (3, 8, VOCAB) and mam.shape == (3, 40, width)
 
 
 def test_pretraining_shares_every_parameter_but_the_fine_tuning_head():

@@ -104,7 +104,7 @@ def test_pretraining_losses_fall(data_dir):
     items = data.pretraining_items(cfg)[:32]
     vocab_size = data.tokenizer(cfg).get_vocab_size()
     torch.manual_seed(0)
-    model = MODELS.get("ctal")(cfg.model, 1, vocab_size)
+    model = MODELS.get("ctal")(cfg.model, 1, vocab_size, batching.audio_dim(cfg.data))
     generator = torch.Generator().manual_seed(0)
     result = fit(model.pretraining(), batches=lambda epoch: batching.iterate(items, 16, seed=epoch),
                  steps_per_epoch=2, loss_fn=lambda m, b: pretrain_losses(m, b, cfg, vocab_size, generator),

@@ -392,11 +392,12 @@ def test_a_suite_fine_tunes_from_imported_weights_with_their_tokenizer(reduced, 
     run = ["run", "--suite", "smoke", "--tasks", "emotion", "--results", str(tmp_path / "results"),
            "--data-dir", str(tmp_path / "data"), "--set", f"pretrain.init={out}", "--set", "data.size=tiny",
            "--set", "finetune.epochs=1", "--set", f"data.max_audio_frames={MAX_FRAMES}", "--set", "run.threads=1"]
-    # the smoke scale's mini CTAL is not the released network: refused, naming every flag it needs
+    # the smoke scale's mini CTAL on stacked frames is not the released network: refused, naming
+    # every flag it needs
     refused = bench(*run)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    flags = re.findall(r"--set (model\.\S+)", refused.stderr)
-    assert "model.d_model=64" in flags and "model.audio_causal=true" in flags
+    flags = re.findall(r"--set (\S+=\S+)", refused.stderr)
+    assert {"model.d_model=64", "model.audio_causal=true", "data.frame_stack=1"} <= set(flags)
     proc = bench(*run, *[arg for flag in flags for arg in ("--set", flag)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((tmp_path / "results" / "runs" / "smoke" /

@@ -7,11 +7,12 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from ctal_bench.config import DataConfig
 from ctal_bench.data.base import Example
 from ctal_bench.data.text import PAD_ID
 from ctal_bench.errors import UserError
 
-AUDIO_DIM = 160  # 80 log-mel + 80 deltas
+AUDIO_DIM = 160  # one feature frame: 80 log-mel + 80 deltas
 BUCKET_BATCHES = 50  # a bucket holds this many batches' worth of items before sorting by length
 
 
@@ -19,7 +20,7 @@ BUCKET_BATCHES = 50  # a bucket holds this many batches' worth of items before s
 class Batch:
     tokens: torch.Tensor  # (B, L) long: <s> ... </s>, padded with PAD_ID
     token_mask: torch.Tensor  # (B, L) bool, True = real token
-    audio: torch.Tensor  # (B, T, 160) float32, zero where padded
+    audio: torch.Tensor  # (B, T, 160 * frame_stack) float32, zero where padded
     audio_mask: torch.Tensor  # (B, T) bool, True = real frame
     targets: torch.Tensor | None  # (B,) long class / speaker index, or float sentiment
     uids: tuple[str, ...]
@@ -42,22 +43,43 @@ class Item:
     uid: str
     speaker: str
     tokens: np.ndarray  # (L,) int64, <s> ... </s>
-    audio: np.ndarray  # (T, 160) float16
+    audio: np.ndarray  # (T, 160 * frame_stack) float16
     target: int | float | None  # class / speaker index, sentiment score, or None (pre-training)
+
+
+def audio_dim(data: DataConfig) -> int:
+    """Width of a model frame: ``data.frame_stack`` feature frames side by side."""
+    return AUDIO_DIM * data.frame_stack
+
+
+def frame_ms(data: DataConfig) -> float:
+    """Milliseconds of audio per model frame."""
+    return data.features.hop_ms * data.frame_stack
+
+
+def stack_frames(audio: np.ndarray, frame_stack: int) -> np.ndarray:
+    """(T, D) -> (ceil(T / k), k * D): k consecutive frames side by side, the last group zero-padded."""
+    short = -len(audio) % frame_stack
+    if short:
+        audio = np.concatenate([audio, np.zeros((short, audio.shape[1]), dtype=audio.dtype)])
+    return audio.reshape(len(audio) // frame_stack, frame_stack * audio.shape[1])
 
 
 def make_items(examples: Sequence[Example],
                features: Mapping[str, np.ndarray] | Sequence[np.ndarray],
                token_ids: Sequence[np.ndarray], targets: Sequence[int | float | None] | None,
-               max_audio_frames: int) -> tuple[list[Item], int]:
+               max_audio_frames: int, frame_stack: int = 1) -> tuple[list[Item], int]:
     """Items in example order, audio cut to ``max_audio_frames``; also the number cut.
 
     ``features`` is keyed by uid (as ``features.extract_features`` returns it) or aligned
     with ``examples``; ``token_ids`` and ``targets`` are aligned with ``examples`` (as
-    ``text.encode`` returns them); ``targets=None`` means unlabelled.
+    ``text.encode`` returns them); ``targets=None`` means unlabelled. With ``frame_stack`` k > 1
+    each item's frames are stacked k at a time (``stack_frames``) after the cut.
     """
     if max_audio_frames < 1:
         raise UserError(f"config key 'data.max_audio_frames' must be >= 1, got {max_audio_frames}")
+    if frame_stack < 1:
+        raise UserError(f"config key 'data.frame_stack' must be >= 1, got {frame_stack}")
     aligned = [len(token_ids)] + ([] if targets is None else [len(targets)])
     if not isinstance(features, Mapping):
         aligned.append(len(features))
@@ -76,9 +98,10 @@ def make_items(examples: Sequence[Example],
         if len(audio) > max_audio_frames:
             audio = audio[:max_audio_frames]
             truncated += 1
+        audio = np.asarray(audio, dtype=np.float16)
         items.append(Item(uid=example.uid, speaker=example.speaker,
                           tokens=np.asarray(token_ids[i], dtype=np.int64),
-                          audio=np.asarray(audio, dtype=np.float16),
+                          audio=stack_frames(audio, frame_stack),
                           target=None if targets is None else targets[i]))
     return items, truncated
 

@@ -99,7 +99,8 @@ class DataPipeline:
               ) -> tuple[list[batching.Item], int]:
         token_ids = text.encode(self.tokenizer(cfg), [e.text for e in examples], cfg.model.max_text_len)
         feats = self.features(examples, cfg.data.features)
-        return batching.make_items(examples, feats, token_ids, targets, cfg.data.max_audio_frames)
+        return batching.make_items(examples, feats, token_ids, targets, cfg.data.max_audio_frames,
+                                   cfg.data.frame_stack)
 
     def pretraining_items(self, cfg: Config) -> list[batching.Item]:
         items, _ = self.items(self.pretraining_dataset(cfg).pretraining(), cfg)

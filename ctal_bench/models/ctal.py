@@ -146,12 +146,15 @@ class TextStream(nn.Module):
 
 
 class AudioStream(nn.Module):
-    """Linear(160 -> d) + learned positions, LayerNorm, dropout, then cross-modal layers."""
+    """Linear(160 -> d) + learned positions, LayerNorm, dropout, then cross-modal layers.
 
-    def __init__(self, cfg: ModelConfig):
+    ``audio_dim`` is 160 times ``data.frame_stack``: stacked frames are projected as one.
+    """
+
+    def __init__(self, cfg: ModelConfig, audio_dim: int = AUDIO_DIM):
         super().__init__()
         self.max_frames = cfg.max_audio_frames
-        self.input_projection = nn.Linear(AUDIO_DIM, cfg.d_model)
+        self.input_projection = nn.Linear(audio_dim, cfg.d_model)
         self.position_embedding = nn.Embedding(cfg.max_audio_frames, cfg.d_model)
         self.norm = nn.LayerNorm(cfg.d_model)
         self.dropout = Dropout(cfg.dropout)
@@ -191,13 +194,14 @@ class MLMHead(nn.Module):
 
 
 class MAMHead(nn.Module):
-    """Masked acoustic modelling head: Linear -> GELU -> LayerNorm -> Linear(d -> 160)."""
+    """Masked acoustic modelling head: Linear -> GELU -> LayerNorm -> Linear(d -> 160), or to the
+    width of a stacked frame."""
 
-    def __init__(self, d_model: int):
+    def __init__(self, d_model: int, audio_dim: int = AUDIO_DIM):
         super().__init__()
         self.dense = nn.Linear(d_model, d_model)
         self.norm = nn.LayerNorm(d_model)
-        self.decoder = nn.Linear(d_model, AUDIO_DIM)
+        self.decoder = nn.Linear(d_model, audio_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.norm(F.gelu(self.dense(x))))
@@ -326,15 +330,15 @@ class CTAL(nn.Module):
     presets = PRESETS
     pretrainable = True  # has MLM and MAM heads (see ctal_bench/pretrain.py)
 
-    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
+    def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int, audio_dim: int = AUDIO_DIM):
         super().__init__()
         check_outputs(vocab_size, n_outputs)
         self.cfg = resolve_size(cfg)
         self.vocab_size = vocab_size
         self.text_stream = TextStream(self.cfg, vocab_size)
-        self.audio_stream = AudioStream(self.cfg)
+        self.audio_stream = AudioStream(self.cfg, audio_dim)
         self.mlm_head = MLMHead(self.cfg.d_model, vocab_size)
-        self.mam_head = MAMHead(self.cfg.d_model)
+        self.mam_head = MAMHead(self.cfg.d_model, audio_dim)
         self.head = FusionHead(self.cfg, n_outputs)
         self.apply(self._init_weights)
         self.mlm_head.decoder.weight = self.text_stream.token_embedding.weight  # tied, as RoBERTa
@@ -382,7 +386,7 @@ class Pretraining(nn.Module):
 
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor, audio: torch.Tensor,
                 audio_mask: torch.Tensor, cross_modal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """MLM logits (B, L, V) and MAM predictions (B, T, 160) for masked inputs.
+        """MLM logits (B, L, V) and MAM predictions (B, T, audio_dim) for masked inputs.
 
         ``cross_modal=False`` runs the audio stream without cross-attention to the text.
         """
