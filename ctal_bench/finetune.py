@@ -31,9 +31,10 @@ class Outcome:
     extra: dict  # task diagnostics on test, e.g. the emotion confusion matrix
 
 
-def build_model(cfg: Config, data: TaskData) -> torch.nn.Module:
-    torch.manual_seed(cfg.run.seed)  # the seed fixes initialisation
-    return MODELS.get(cfg.model.name)(cfg.model, data.n_outputs, data.vocab_size, batching.audio_dim(cfg.data))
+def build_model(cfg: Config, n_outputs: int, vocab_size: int) -> torch.nn.Module:
+    """``cfg``'s model, initialised from ``run.seed``, reading frames as wide as ``cfg.data`` makes them."""
+    torch.manual_seed(cfg.run.seed)
+    return MODELS.get(cfg.model.name)(cfg.model, n_outputs, vocab_size, batching.audio_dim(cfg.data))
 
 
 def load_pretrained(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -67,7 +68,7 @@ def train(cfg: Config, task_name: str, data: TaskData, pretrained: dict[str, tor
     Reads the train and dev splits only, never test: tuning calls this directly.
     """
     task: Task = TASKS.get(task_name)
-    model = build_model(cfg, data)
+    model = build_model(cfg, data.n_outputs, data.vocab_size)
     if pretrained is not None:
         load_pretrained(model, pretrained)
     model.to(device)

@@ -29,6 +29,7 @@ from ctal_bench.data.prepare import DataPipeline
 from ctal_bench.declarations import Declarations
 from ctal_bench.distributed import SINGLE_PROCESS, World, data_parallel, from_environment, process_group
 from ctal_bench.errors import UserError
+from ctal_bench.finetune import build_model
 from ctal_bench.masking import IGNORE_INDEX, mam_loss, mask_audio_spans, mask_tokens, mlm_loss
 from ctal_bench.profiling import peak_memory
 from ctal_bench.registry import MODELS
@@ -103,8 +104,7 @@ def pretrained_weights(cfg: Config, data: DataPipeline, checkpoints: Path, devic
         items = data.pretraining_items(cfg)
         vocab_size = data.tokenizer(cfg).get_vocab_size()
 
-    torch.manual_seed(cfg.run.seed)
-    model = MODELS.get(cfg.model.name)(cfg.model, 1, vocab_size, batching.audio_dim(cfg.data)).to(device)
+    model = build_model(cfg, 1, vocab_size).to(device)
     pretraining = model.pretraining()
     # Without cross-modal pre-training the audio layers' cross-attention gets no gradient.
     trained = data_parallel(pretraining, world, device, find_unused_parameters=not p.cross_modal)

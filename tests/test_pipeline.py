@@ -15,8 +15,9 @@ from ctal_bench import catalog, declarations
 from ctal_bench.config import Config, apply_overrides
 from ctal_bench.data import batching
 from ctal_bench.data.prepare import DataPipeline
+from ctal_bench.finetune import build_model
 from ctal_bench.pretrain import pretrain_losses
-from ctal_bench.registry import MODELS, TASKS
+from ctal_bench.registry import TASKS
 from ctal_bench.training import Schedule, fit
 from ctal_bench.runner import base_config
 from processes import start_bench
@@ -103,8 +104,7 @@ def test_pretraining_losses_fall(data_dir):
     data = DataPipeline(data_dir, workers=1, progress=False)
     items = data.pretraining_items(cfg)[:32]
     vocab_size = data.tokenizer(cfg).get_vocab_size()
-    torch.manual_seed(0)
-    model = MODELS.get("ctal")(cfg.model, 1, vocab_size, batching.audio_dim(cfg.data))
+    model = build_model(cfg, 1, vocab_size)
     generator = torch.Generator().manual_seed(0)
     result = fit(model.pretraining(), batches=lambda epoch: batching.iterate(items, 16, seed=epoch),
                  steps_per_epoch=2, loss_fn=lambda m, b: pretrain_losses(m, b, cfg, vocab_size, generator),
