@@ -1,5 +1,6 @@
 """Statistics: agreement with scipy / statsmodels / deepsig on the same numbers, and behaviour."""
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,19 @@ def test_aso_is_deepsigs_and_orders_clear_cases_also_when_compared_in_worker_pro
     assert same == c
     # lower is better: B's scores are the better ones, so A does not dominate
     assert reverse.aso_eps_min > 0.5
+
+
+def test_aso_of_scores_whose_resamples_coincide_is_deepsigs_without_its_warning():
+    from deepsig import aso
+
+    a, b = np.array([0.5, 0.5, 0.5, 0.5, 0.6]), np.full(5, 0.5)  # many resamples of a equal b
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        eps = stats.aso_eps_min(a, b)
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always")
+        assert eps == aso(a, b, confidence_level=0.95, num_comparisons=1, seed=0, show_progress=False, num_jobs=1)
+    assert raised, "deepsig itself warns here, so the test exercises the filter"
 
 
 def test_holm_and_bh_match_statsmodels():
