@@ -395,8 +395,12 @@ def comparison_table(summary: Summary, request: Request, title: str) -> Table:
 
 def execute(decl: Declarations, request: Request, results: Path, data_dir: Path | None, title: str,
             executor_for=None, comparison: bool = False) -> int:
-    """Run the request's cells (on ``executor_for(number of cells to train)``) and print the per-cell summary, or
-    (``comparison``) one row per variant against the first."""
+    """Run the request's cells (on ``executor_for(number of cells to train)``), refresh the suite's report, and
+    print the per-cell summary before it or (``comparison``) one row per variant against the first after it.
+
+    A comparison that ran nothing leaves the suite's report as the run that made its cells wrote it:
+    ``ablate`` after a paper run prints its table in seconds, not after minutes of re-testing.
+    """
     from ctal_bench.data import default_data_dir
     from ctal_bench.data.prepare import DataPipeline
 
@@ -406,14 +410,14 @@ def execute(decl: Declarations, request: Request, results: Path, data_dir: Path 
     for tuned in request.tuned.values():
         console.print(f"tuned settings: {tuned.source}")
     summary = run_cells(cells, data, ResultsStore(results), console, executor_for)
-    if comparison:
-        console.print(comparison_table(summary, request, title))
-    else:
+    if not comparison:
         console.print(summary_table(summary, title))
-    if summary.ran or summary.skipped:
+    if summary.ran or (summary.skipped and not comparison):
         from ctal_bench import report
 
         report.report(results, decl, [request.suite], console=console)
+    if comparison:
+        console.print(comparison_table(summary, request, title))
     if summary.failed:
         console.print(f"[red]{len(summary.failed)} of {len(cells)} cells failed:[/red] "
                       + ", ".join(cell.key.id for cell, _ in summary.failed)

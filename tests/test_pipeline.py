@@ -252,6 +252,15 @@ def test_ablate_runs_ctal_and_the_variants_and_prints_their_comparison(tmp_path,
     assert f"{ua['ctal']:.3f} (1)" in table
     for variant in ("no_fusion", "no_orthogonality_loss"):
         assert f"{ua[variant]:.3f} (1)  Δ {ua[variant] - ua['ctal']:+.3f}" in table
+    assert "tables in" not in table, "the comparison is the last thing printed, after the suite's report"
+    # Again, with every cell done: the same table at once, the report left as it is.
+    tables = results / "tables" / "smoke" / "main.md"
+    written_at = tables.stat().st_mtime_ns
+    again = bench("ablate", "--drop", "fusion", "orthogonality loss", "--suite", "smoke", "--tasks", "emotion",
+                  "--results", str(results), *TINY, data_dir=data_dir)
+    assert again.returncode == 0 and "3 already done, 0 to run" in again.stdout
+    assert again.stdout[again.stdout.index("ablation no_fusion, no_orthogonality_loss"):] == table
+    assert tables.stat().st_mtime_ns == written_at
 
 
 def test_a_sweep_value_equal_to_the_default_shares_full_ctals_result(tmp_path, data_dir):
