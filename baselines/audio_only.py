@@ -13,7 +13,7 @@ from ctal_bench.registry import MODELS
 # CTAL-base's (Li et al. 2021: d 768, 12 heads, 6 layers, FFN 3072), without cross-attention.
 # Parameters at 4 outputs (no vocabulary).
 PRESETS: dict[str, dict[str, int]] = {
-    "mini": dict(d_model=64, n_heads=4, audio_layers=1, ffn_dim=128),  # 57k
+    "mini": dict(d_model=64, n_heads=4, audio_layers=1, ffn_dim=256),  # 73k
     "small": dict(d_model=192, n_heads=4, audio_layers=3, ffn_dim=768),  # 1.48M
     "base": dict(d_model=768, n_heads=12, audio_layers=6, ffn_dim=3072),  # 44.4M
 }

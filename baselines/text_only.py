@@ -14,7 +14,7 @@ from ctal_bench.registry import MODELS
 # stream (Li et al. 2021: d 768, 12 heads, 6 layers, FFN 3072). Parameters at vocab 1,000 /
 # 30,000, 4 outputs (``bench.py list models`` recounts them).
 PRESETS: dict[str, dict[str, int]] = {
-    "mini": dict(d_model=64, n_heads=4, text_layers=1, ffn_dim=128),  # 0.11M / 1.97M
+    "mini": dict(d_model=64, n_heads=4, text_layers=1, ffn_dim=256),  # 0.13M / 1.98M
     "small": dict(d_model=192, n_heads=4, text_layers=3, ffn_dim=768),  # 1.64M / 7.21M
     "base": dict(d_model=768, n_heads=12, text_layers=6, ffn_dim=3072),  # 45.1M / 67.3M
 }

@@ -283,10 +283,9 @@ class FusionHead(nn.Module):
 # Parameter counts with the default positions (128 text, 3,000 audio), fusion head, 4 outputs,
 # at vocab 1,000 (the embedded default) / 30,000 (paper scale); tests check them analytically.
 PRESETS: dict[str, dict[str, int]] = {
-    # 0.40M / 2.29M. One layer per stream: on the embedded default it matched two layers
-    # (5 seeds, README "Scales") at 60% of the cost of a CPU step. FFN 2d, not BERT's 4d: within
-    # the seed spread of 4d on all three tasks, with CTAL's cells a fifth cheaper (README "Scales").
-    "mini": dict(d_model=64, n_heads=4, text_layers=1, audio_layers=1, ffn_dim=128),
+    # 0.44M / 2.32M. One layer per stream: on the embedded default it matched two layers
+    # (5 seeds, README "Scales") at 60% of the cost of a CPU step.
+    "mini": dict(d_model=64, n_heads=4, text_layers=1, audio_layers=1, ffn_dim=256),
     # 4.27M / 9.87M
     "small": dict(d_model=192, n_heads=4, text_layers=3, audio_layers=3, ffn_dim=768),
     # 57.8M / 80.1M
