@@ -73,6 +73,12 @@ class Baseline(nn.Module):
     model_name: str  # as registered, for messages
     presets: dict[str, dict[str, int]]
     unused_fields = CTAL_ONLY
+    version = 1  # bump when a change alters what a config trains: cells of the old version rerun
+
+    @classmethod
+    def resolve(cls, cfg: ModelConfig) -> ModelConfig:
+        """``cfg`` with the preset's sizes filled in (what a cell's hash covers)."""
+        return resolve_size(cfg, cls.presets, cls.model_name)[0]
 
     def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int):
         super().__init__()

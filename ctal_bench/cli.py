@@ -68,6 +68,11 @@ def _suite_narrowing_args(p):
                    help="ray executor: auto (the cluster this node belongs to) or HOST:PORT; default: start a "
                    "local cluster")
     p.add_argument("--cpus-per-cell", type=int, default=1, metavar="N", help="ray executor: CPUs per cell task")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print every cell with its budget, optimiser settings, pre-training and status "
+                   "(done / shared / to run), and exit without training or writing anything")
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="--dry-run's output: a table (default) or JSON for scripts")
     # A bare --tuned gives True, read as <results>/tuned (argparse does not convert a const).
     p.add_argument("--tuned", nargs="?", const=True, default=None, type=Path, metavar="DIR",
                    help="apply the settings `tune` chose, from DIR/<model>__<task>__<dataset>.toml "

@@ -239,6 +239,7 @@ def to_dict(cfg) -> dict[str, Any]:
 
 
 def config_hash(cfg) -> str:
-    """Stable digest: canonical JSON (sorted keys, repr-exact floats) -> sha256, 16 hex."""
-    text = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    """Stable digest of a config (or a JSON-ready dict): canonical JSON (sorted keys, repr-exact
+    floats) -> sha256, 16 hex."""
+    text = json.dumps(cfg if isinstance(cfg, dict) else to_dict(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -75,6 +75,8 @@ class Suite:
     seeds: tuple[int, ...] = (0,)
     scale: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
+    # variant -> budget keys it trains with instead of the suite's: declared, and named in captions
+    budget_exceptions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def dataset_for(self, task: str) -> str:
         return self.datasets.get(task, "synth")
@@ -114,13 +116,18 @@ class Declarations:
 
 _KEYS = {
     "ablation": {"summary", "version", "model", "drop", "set", "sweep", "values", "extends"},
-    "suite": {"summary", "version", "models", "ablations", "tasks", "datasets", "seeds", "scale", "set"},
+    "suite": {"summary", "version", "models", "ablations", "tasks", "datasets", "seeds", "scale", "set",
+              "budget_exceptions"},
     "scale": {"summary", "set", "extends"},
     "model": {"summary", "set"},
     "search": {"summary", "space"},
 }
 _REQUIRED = {"ablation": {"summary"}, "suite": {"summary", "tasks"}, "scale": {"summary"}, "model": {"summary"},
              "search": {"summary", "space"}}
+# The training budget: every model and ablation in a suite fine-tunes with the same maximum epochs
+# and early-stopping rule, so only a scale, a suite (for all its variants alike, or as a declared
+# exception) or --set may give them; a model's settings, an ablation or a search space may not.
+BUDGET_KEYS = ("finetune.epochs", "finetune.patience")
 # The coordinates every tuning trial sets itself, so a search space cannot draw them.
 _NOT_SEARCHABLE = ("model.name", "data.dataset", "data.fold", "run.seed")
 _RANGE_KEYS = {"low", "high", "log", "step"}
@@ -171,13 +178,22 @@ class _Entry:
                 self.fail(registry.unknown_message(value))
         return tuple(values)
 
-    def overrides(self, table: dict[str, Any]) -> dict[str, Any]:
+    def overrides(self, table: dict[str, Any], budget: bool = True) -> dict[str, Any]:
+        """Validated dotted overrides; ``budget=False`` refuses the training budget's keys."""
         flat = flatten(table)
         try:
             apply_overrides(Config(), flat)
         except UserError as e:
             self.fail(str(e))
+        if not budget:
+            self.refuse_budget(flat)
         return flat
+
+    def refuse_budget(self, keys) -> None:
+        given = [k for k in BUDGET_KEYS if k in keys]
+        if given:
+            self.fail(f"sets {', '.join(given)}, the training budget, which every model in a suite shares: "
+                      "set it in the scale or the suite (or, for one variant, in the suite's budget_exceptions)")
 
 
 def load(directory: Path | None = None) -> Declarations:
@@ -209,7 +225,8 @@ def load(directory: Path | None = None) -> Declarations:
     for name, e in raw["model"].items():
         if name not in MODELS:
             e.fail(MODELS.unknown_message(name))
-        models.add(name, Settings(name, e.get("summary", str), e.source, e.overrides(e.get("set", dict, {}))))
+        models.add(name, Settings(name, e.get("summary", str), e.source,
+                                  e.overrides(e.get("set", dict, {}), budget=False)))
 
     search_spaces = Registry("search space")
     for name, e in raw["search"].items():
@@ -234,11 +251,22 @@ def load(directory: Path | None = None) -> Declarations:
         scale = e.get("scale", str, "")
         if scale and scale not in scales:
             e.fail(scales.unknown_message(scale))
+        model_names = e.names("models", MODELS, ("ctal",))
+        ablation_names = e.names("ablations", ablations, ())
+        variants = set(model_names) | {v.name for a in ablation_names for v in ablations.get(a).variants()}
+        exceptions = {}
+        for variant, table in e.get("budget_exceptions", dict, {}).items():
+            if variant not in variants:
+                e.fail(f"budget_exceptions names {variant!r}, not a model or ablation variant of the suite")
+            overrides = e.overrides(table) if isinstance(table, dict) else {}
+            if not overrides or set(overrides) - set(BUDGET_KEYS):
+                e.fail(f"budget_exceptions.{variant} expects a table of {' and/or '.join(BUDGET_KEYS)}")
+            exceptions[variant] = overrides
         suites.add(name, Suite(
             name, e.get("summary", str), e.source, version=e.get("version", int, 1),
-            models=e.names("models", MODELS, ("ctal",)), ablations=e.names("ablations", ablations, ()),
+            models=model_names, ablations=ablation_names,
             tasks=e.names("tasks", TASKS, ()), datasets=dict(datasets), seeds=seeds, scale=scale,
-            overrides=e.overrides(e.get("set", dict, {}))))
+            overrides=e.overrides(e.get("set", dict, {})), budget_exceptions=exceptions))
     return Declarations(ablations, suites, scales, models, search_spaces)
 
 
@@ -268,7 +296,8 @@ def _ablation(e: _Entry, all_entries: dict[str, _Entry]) -> Ablation:
     values = tuple(e.get("values", list, []))
     if bool(sweep) != bool(values):
         e.fail("a sweep needs both 'sweep' (a config key) and 'values' (a non-empty list)")
-    overrides = e.overrides(e.get("set", dict, {}))
+    overrides = e.overrides(e.get("set", dict, {}), budget=False)
+    e.refuse_budget([sweep])
     for value in values:
         e.overrides({sweep: value})  # each swept value must fit the key's type
     return Ablation(e.name, e.get("summary", str), e.source, version=e.get("version", int, 1),
@@ -304,6 +333,7 @@ def _param(e: _Entry, key: str, spec: Any) -> Param:
 
     if key in _NOT_SEARCHABLE:
         fail("each trial sets this itself (model, dataset, fold, seed); it cannot be searched")
+    e.refuse_budget([key])
     if not isinstance(spec, dict):
         fail(f"expected a table like {{ low = 1e-4, high = 1e-2, log = true }} or {{ choices = [...] }}, got {spec!r}")
     unknown = sorted(set(spec) - _RANGE_KEYS - {"choices"})

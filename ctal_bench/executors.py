@@ -109,7 +109,7 @@ def pretraining_needed(cell, data, checkpoints: Path) -> str | None:
     cfg = cell.config
     if not starts_pretrained(cfg) or cfg.pretrain.init:
         return None
-    key = pretrain.pretrain_key(cfg, data.pretraining_dataset(cfg).root)
+    key = pretrain.pretrain_key(cfg, data)
     return None if pretrain.checkpoint_path(checkpoints, key).exists() else key
 
 

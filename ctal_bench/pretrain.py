@@ -32,7 +32,7 @@ from ctal_bench.errors import UserError
 from ctal_bench.finetune import build_model
 from ctal_bench.masking import IGNORE_INDEX, mam_loss, mask_audio_spans, mask_tokens, mlm_loss
 from ctal_bench.profiling import peak_memory
-from ctal_bench.registry import MODELS
+from ctal_bench.registry import DATASETS, MODELS
 from ctal_bench.runner import base_config, parse_data_paths, resolve_device
 from ctal_bench.training import Schedule, fit, save_atomic
 
@@ -40,12 +40,17 @@ from ctal_bench.training import Schedule, fit, save_atomic
 FINETUNE_ONLY_FIELDS = ("head", "orthogonality_weight", "released_cosine")
 
 
-def pretrain_key(cfg: Config, corpus_root: Path) -> str:
-    """Digest of everything that shapes a pre-trained checkpoint."""
-    model = {k: v for k, v in to_dict(cfg.model).items() if k not in FINETUNE_ONLY_FIELDS}
-    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("dataset", "fold", "pretrain_dataset")}
-    shaping = {"model": model, "data": data, "corpus": corpus_root.name, "pretrain": to_dict(cfg.pretrain),
-               "seed": cfg.run.seed}
+def pretrain_key(cfg: Config, data: DataPipeline) -> str:
+    """Digest of everything that shapes a pre-trained checkpoint: the model with its preset
+    expanded, the data and pre-training settings, the corpus, the seed, and the declared versions
+    of the model's and the corpus's code. Opens nothing."""
+    model_cls = MODELS.get(cfg.model.name)
+    model = {k: v for k, v in to_dict(model_cls.resolve(cfg.model)).items() if k not in FINETUNE_ONLY_FIELDS}
+    settings = {k: v for k, v in to_dict(cfg.data).items() if k not in ("dataset", "fold", "pretrain_dataset")}
+    corpus_dataset, corpus = data.pretraining_source(cfg)
+    shaping = {"model": model, "preset": model_cls.presets[cfg.model.size], "data": settings, "corpus": corpus,
+               "pretrain": to_dict(cfg.pretrain), "seed": cfg.run.seed,
+               "versions": {"model": model_cls.version, "corpus": DATASETS.get(corpus_dataset).version}}
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -96,7 +101,7 @@ def pretrained_weights(cfg: Config, data: DataPipeline, checkpoints: Path, devic
                         "processes: make it a multiple of the number of processes")
     with world.main_first():  # rank 0 builds what the data directory lacks; the others then read it
         corpus = data.pretraining_dataset(cfg)
-        key = pretrain_key(cfg, corpus.root)
+        key = pretrain_key(cfg, data)
         path = checkpoint_path(checkpoints, key)
         if path.exists():
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -6,6 +6,8 @@ goes on. Pre-training is shared: one per distinct pre-training config and seed.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +32,33 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Cell:
     key: CellKey
-    config: Config
+    config: Config  # resolved: the model's preset sizes filled in
     variant: Variant
     scale: str = ""  # the declared scale it ran at, for captions
     tuned: str = ""  # the tuned file applied (`run --tuned`), "" for none
 
     @property
+    def versions(self) -> dict[str, int]:
+        return code_versions(self.config, self.key.task)
+
+    @property
     def hash(self) -> str:
-        return config_hash(self.config)
+        """What shapes the cell: its resolved config, the preset's fixed widths and the declared
+        versions of its model, dataset and task. A changed preset or a bumped version reruns it."""
+        model = MODELS.get(self.config.model.name)
+        return config_hash({"config": to_dict(self.config), "preset": model.presets[self.config.model.size],
+                            "versions": self.versions})
+
+
+def code_versions(cfg: Config, task: str) -> dict[str, int]:
+    """The declared versions of the code a config runs: model, dataset and task."""
+    return {"model": MODELS.get(cfg.model.name).version, "dataset": DATASETS.get(cfg.data.dataset).version,
+            "task": TASKS.get(task).version}
+
+
+def resolved(cfg: Config) -> Config:
+    """``cfg`` with its model's preset expanded (a UserError for a size or width that does not fit)."""
+    return dataclasses.replace(cfg, model=MODELS.get(cfg.model.name).resolve(cfg.model))
 
 
 @dataclass
@@ -137,8 +158,8 @@ def base_config(decl: Declarations, scale: str, model: str) -> Config:
 
 def cell_config(decl: Declarations, suite: Suite, request: Request, variant: Variant, task: str, seed: int) -> Config:
     """Defaults <- scale <- the model's own settings <- its tuned settings (``--tuned``) <- suite
-    <- variant <- --set, then the cell's own coordinates. An ablation variant takes its model's
-    tuned settings."""
+    <- variant <- the suite's declared budget exception for it <- --set, then the cell's own
+    coordinates. An ablation variant takes its model's tuned settings."""
     dataset = dataset_for(task, request.data_paths, suite.dataset_for(task))
     cfg = base_config(decl, request.scale, variant.model)
     tuned = request.tuned.get((variant.model, task, dataset))
@@ -146,6 +167,7 @@ def cell_config(decl: Declarations, suite: Suite, request: Request, variant: Var
         cfg = apply_overrides(cfg, tuned.overrides)
     cfg = apply_overrides(cfg, suite.overrides)
     cfg = apply_overrides(cfg, variant.overrides)
+    cfg = apply_overrides(cfg, suite.budget_exceptions.get(variant.name, {}))
     cfg = apply_overrides(cfg, list(request.overrides))
     return at_coordinates(cfg, variant.model, dataset, seed, request.device)
 
@@ -167,19 +189,19 @@ def dataset_for(task: str, data_paths: dict[str, Path], default: str = "synth") 
     return default
 
 
-def expand(decl: Declarations, request: Request, data) -> list[Cell]:
-    """Every cell of the request, cheapest informative first: seed by seed, variant by variant."""
+def expand(decl: Declarations, request: Request) -> list[Cell]:
+    """Every cell of the request, cheapest informative first: seed by seed, variant by variant.
+    Opens no data: folds are a fact of each dataset's layout."""
     suite = decl.suites.get(request.suite)
     cells = []
     for seed in request.seeds:
         for variant in request.variants:
             for task in request.tasks:
                 cfg = cell_config(decl, suite, request, variant, task, seed)
-                dataset = data.dataset(cfg.data.dataset, cfg.data.size)
-                dataset.check_task(task)
+                dataset = DATASETS.get(cfg.data.dataset)
                 folds = (cfg.data.fold,) if cfg.data.fold else dataset.folds(task)
                 for fold in folds:
-                    fold_cfg = apply_overrides(cfg, {"data.fold": fold})
+                    fold_cfg = resolved(apply_overrides(cfg, {"data.fold": fold}))
                     key = CellKey(request.suite, variant.name, task, cfg.data.dataset, fold, seed)
                     tuned = request.tuned.get((variant.model, task, cfg.data.dataset))
                     cells.append(Cell(key, fold_cfg, variant, request.scale, str(tuned.source) if tuned else ""))
@@ -236,7 +258,8 @@ def run_cell(cell: Cell, data, store: ResultsStore, checkpoints: Path, on_step=N
     pretrained, pretrain_record = pretrained_weights(cfg, data, checkpoints, device, on_step)
     outcome = finetune.finetune(cfg, cell.key.task, task_data, pretrained, device, on_step)
     record = {
-        "status": DONE, "config_hash": cell.hash, "config": to_dict(cfg), "variant": cell.variant.name,
+        "status": DONE, "config_hash": cell.hash, "config": to_dict(cfg), "versions": cell.versions,
+        "variant": cell.variant.name,
         "model": cfg.model.name, "ablation": cell.variant.ablation,
         "sweep_value": cell.variant.sweep_value, "scale": cell.scale, "tuned": cell.tuned or None,
         "metrics": outcome.metrics, "best_epoch": outcome.best_epoch, "parameters": outcome.parameters,
@@ -264,40 +287,62 @@ def share_result(twin: Cell, cell: Cell, store: ResultsStore) -> dict:
     return record
 
 
+@dataclass
+class Triage:
+    """What a run does with each cell: skip it (done), share another cell's result, or train it."""
+
+    done: list[Cell] = field(default_factory=list)
+    shared: list[tuple[Cell, Cell]] = field(default_factory=list)  # (cell, the done one it copies)
+    todo: list[Cell] = field(default_factory=list)
+    twins: dict[CellKey, list[Cell]] = field(default_factory=dict)  # a cell to train -> cells sharing its result
+
+    @property
+    def left(self) -> int:
+        return len(self.shared) + len(self.todo) + sum(map(len, self.twins.values()))
+
+
+def triage(cells: list[Cell], store: ResultsStore) -> Triage:
+    """A cell whose task and hash equal another's shares that cell's result instead of training
+    again (the task is a cell coordinate, not part of the config)."""
+    plan, finished, first = Triage(), {}, {}
+    for cell in cells:
+        if store.is_done(cell.key, cell.hash):
+            plan.done.append(cell)
+            finished.setdefault((cell.key.task, cell.hash), cell)
+    done = {cell.key for cell in plan.done}
+    for cell in cells:
+        same = (cell.key.task, cell.hash)
+        if cell.key in done:
+            continue
+        if same in finished:
+            plan.shared.append((cell, finished[same]))
+        elif same in first:
+            plan.twins[first[same].key].append(cell)
+        else:
+            first[same] = cell
+            plan.twins[cell.key] = []
+            plan.todo.append(cell)
+    return plan
+
+
 def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console, executor_for=None,
               workspace: Workspace | None = None) -> Summary:
     """Run the cells not already done, on ``executor_for(number of cells to train)`` (default: this
-    process). A cell whose task and config equal another's shares that cell's result instead of
-    training again (the task is a cell coordinate, not part of the config). A failing cell is
-    recorded with its traceback and the rest go on."""
+    process); cells with a twin share its result (``triage``). A failing cell is recorded with its
+    traceback and the rest go on."""
     workspace = workspace or Workspace(store.root, data.data_dir, tuple(data.data_paths.items()))
-    summary, left = Summary(), []
-    finished: dict[tuple[str, str], Cell] = {}  # (task, config hash) -> a finished cell
-    for cell in cells:
-        if store.is_done(cell.key, cell.hash):
-            summary.skipped.append((cell, store.read(cell.key)))
-            finished.setdefault((cell.key.task, cell.hash), cell)
-        else:
-            left.append(cell)
-    todo, twins, first = [], {}, {}  # twins: a cell to train -> the cells that will share its result
-    for cell in left:
-        same = (cell.key.task, cell.hash)
-        if same in finished:
-            summary.ran.append((cell, share_result(finished[same], cell, store)))
-        elif same in first:
-            twins[first[same].key].append(cell)
-        else:
-            first[same] = cell
-            twins[cell.key] = []
-            todo.append(cell)
+    summary, plan = Summary(), triage(cells, store)
+    summary.skipped = [(cell, store.read(cell.key)) for cell in plan.done]
+    summary.ran = [(cell, share_result(twin, cell, store)) for cell, twin in plan.shared]
+    todo, twins, left = plan.todo, plan.twins, plan.left
     executor = executor_for(len(todo)) if executor_for else InProcess()
-    console.print(f"{len(cells)} cells: {len(summary.skipped)} already done, {len(left)} to run"
-                  + (f" ({len(left) - len(todo)} share a result)" if len(todo) < len(left) else ""))
+    console.print(f"{len(cells)} cells: {len(summary.skipped)} already done, {left} to run"
+                  + (f" ({left - len(todo)} share a result)" if len(todo) < left else ""))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     waiting = len(todo) + sum(map(len, twins.values()))  # cells the executor's results will record
     with Progress(*columns, console=console, transient=False) as progress:
-        overall = progress.add_task("cells", total=len(left), completed=len(left) - waiting)
+        overall = progress.add_task("cells", total=left, completed=left - waiting)
         steps = progress.add_task("steps", total=None, visible=isinstance(executor, InProcess))
         started, trained = time.perf_counter(), 0
 
@@ -393,20 +438,67 @@ def comparison_table(summary: Summary, request: Request, title: str) -> Table:
     return table
 
 
+def plan_rows(cells: list[Cell], store: ResultsStore, data) -> list[dict]:
+    """One row per cell with the settings that decide a comparison, and what a run would do with
+    it (done, shared with another cell, or to run). Trains, builds and writes nothing."""
+    from ctal_bench import pretrain
+
+    plan = triage(cells, store)
+    status = {c.key: "done" for c in plan.done}
+    status.update({c.key: f"shared ({twin.key.variant})" for c, twin in plan.shared})
+    status.update({c.key: f"shared ({first.variant})" for first, group in plan.twins.items() for c in group})
+    rows = []
+    for cell in cells:
+        cfg, k = cell.config, cell.key
+        if not starts_pretrained(cfg):
+            pretraining = "-"
+        else:
+            pretraining = f"init {cfg.pretrain.init}" if cfg.pretrain.init else pretrain.pretrain_key(cfg, data)
+        rows.append({"variant": k.variant, "model": cfg.model.name, "task": k.task, "dataset": k.dataset,
+                     "fold": k.fold, "seed": k.seed, "epochs": cfg.finetune.epochs,
+                     "patience": cfg.finetune.patience, "lr": cfg.finetune.lr,
+                     "batch_size": cfg.finetune.batch_size, "pretraining": pretraining,
+                     "status": status.get(k, "to run"), "config_hash": cell.hash})
+    return rows
+
+
+def plan_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title, caption="epochs = the most fine-tuning epochs; patience = epochs without dev "
+                  "improvement before stopping; pretraining = the key of the checkpoint it starts from")
+    columns = [c for c in rows[0] if c != "config_hash"] if rows else []
+    for column in columns:
+        table.add_column(column, no_wrap=True, justify="right" if column in ("seed", "epochs", "patience", "lr",
+                                                                             "batch_size") else "left")
+    for row in rows:
+        table.add_row(*(f"{row[c]:g}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+    return table
+
+
 def execute(decl: Declarations, request: Request, results: Path, data_dir: Path | None, title: str,
-            executor_for=None, comparison: bool = False) -> int:
+            executor_for=None, comparison: bool = False, dry_run: bool = False, fmt: str = "table") -> int:
     """Run the request's cells (on ``executor_for(number of cells to train)``), refresh the suite's report, and
     print the per-cell summary before it or (``comparison``) one row per variant against the first after it.
 
     A comparison that ran nothing leaves the suite's report as the run that made its cells wrote it:
     ``ablate`` after a paper run prints its table in seconds, not after minutes of re-testing.
+    ``dry_run`` prints every cell's plan (``plan_rows``; ``fmt`` "table" or "json") and runs nothing.
     """
     from ctal_bench.data import default_data_dir
     from ctal_bench.data.prepare import DataPipeline
 
     console = Console()
     data = DataPipeline(data_dir or default_data_dir(), request.data_paths)
-    cells = expand(decl, request, data)
+    cells = expand(decl, request)
+    if dry_run:
+        rows = plan_rows(cells, ResultsStore(results), data)
+        if fmt == "json":
+            print(json.dumps(rows, indent=1))
+        else:  # wide enough that no name or number is cut, on a terminal or in a file
+            Console(width=max(console.width, 170)).print(
+                plan_table(rows, f"{title}: {len(rows)} cells (dry run: nothing is trained)"))
+        return 0
+    for name, size in sorted({(c.config.data.dataset, c.config.data.size) for c in cells}):
+        data.dataset(name, size)  # build or check every dataset before any cell runs
     for tuned in request.tuned.values():
         console.print(f"tuned settings: {tuned.source}")
     summary = run_cells(cells, data, ResultsStore(results), console, executor_for)
@@ -433,7 +525,8 @@ def run_from_cli(args) -> int:
     suite = decl.suites.get(args.suite)
     request = request_from_args(args, decl, suite, suite_variants(decl, suite, args.models))
     _validate(decl, request)
-    return execute(decl, request, args.results, args.data_dir, f"suite {suite.name}", executor_from_args(args))
+    return execute(decl, request, args.results, args.data_dir, f"suite {suite.name}", executor_from_args(args),
+                   dry_run=args.dry_run, fmt=args.format)
 
 
 def ablate_from_cli(args) -> int:
@@ -451,7 +544,7 @@ def ablate_from_cli(args) -> int:
     _validate(decl, request)
     return execute(decl, request, args.results, args.data_dir,
                    f"ablation {', '.join(a.name for a in chosen)} (suite {suite.name})", executor_from_args(args),
-                   comparison=True)
+                   comparison=True, dry_run=args.dry_run, fmt=args.format)
 
 
 def find_ablation(decl: Declarations, part: str):

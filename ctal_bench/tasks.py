@@ -64,6 +64,7 @@ class Task(ABC):
     selection_metric: ClassVar[str]  # dev metric for best-epoch selection and early stopping
     table_metrics: ClassVar[tuple[str, ...]]  # the columns of the main table, selection metric first
     target_dtype: ClassVar[torch.dtype]  # dtype of the target tensor ``loss`` expects
+    version: ClassVar[int] = 1  # bump when targets, loss or metrics change: cells of the old version rerun
 
     @property
     def higher_is_better(self) -> bool:

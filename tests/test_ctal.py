@@ -200,7 +200,7 @@ def by_hand(model: CTAL, batch: Batch):
         if head.uses_text:
             t = torch.tanh(head.text_projection(text[b, :n_tokens]))
             pools["t_pool"].append(t[0])
-            pools["t_max"].append(t.max(dim=0).values)
+            pools["t_max"].append(t[1:].max(dim=0).values)  # the release leaves <s> out of the max
         if head.uses_audio:
             a = torch.tanh(head.audio_projection(audio[b, :n_frames]))
             weights = torch.softmax(a @ head.audio_scorer.weight[0], dim=0)
@@ -372,3 +372,20 @@ def test_dropout_mask_follows_the_seed():
     first = Dropout(0.3).train()(x)
     torch.manual_seed(3)
     assert torch.equal(Dropout(0.3).train()(x), first)
+
+
+def test_fusion_head_keeps_pytorchs_default_init_and_encoders_robertas():
+    """The release never re-initialises its new head: PyTorch's fan-in uniform, std 1/sqrt(3 fan_in),
+    bounded by 1/sqrt(fan_in). Encoders and pre-training heads keep RoBERTa's N(0, 0.02)."""
+    model = CTAL(resolve_size(ModelConfig(size="mini")), N_OUT, VOCAB)
+    for layer in (model.head.text_projection, model.head.audio_projection, model.head.fuse, model.head.classifier):
+        fan_in = layer.weight.shape[1]
+        bound = fan_in ** -0.5
+        assert layer.weight.abs().max() <= bound
+        assert abs(layer.weight.std().item() - bound / 3 ** 0.5) < 0.1 * bound / 3 ** 0.5, layer
+        if layer.bias is not None:
+            assert layer.bias.abs().max() <= bound and layer.bias.abs().max() > 0
+    for weight in (model.text_stream.layers[0].attn.query.weight, model.audio_stream.input_projection.weight,
+                   model.text_stream.token_embedding.weight, model.mam_head.dense.weight):
+        assert abs(weight.std().item() - 0.02) < 0.002
+    assert not model.audio_stream.layers[0].ffn.up.bias.any()

@@ -50,6 +50,21 @@ def write(tmp_path, text):
     ('[model.nosuchmodel]\nsummary = "x"\n', r"\[model.nosuchmodel\]: unknown model 'nosuchmodel'"),
     ('[model.ctal]\nsummary = "x"\nset = { "finetune.lrr" = 1 }\n', r"\[model.ctal\]: unknown config key 'finetune.lrr'"),
     ('[ablation.bad\nsummary = "x"\n', "not valid TOML"),
+    # The training budget is the suite's: no model, ablation or search space may give its own.
+    ('[model.ctal]\nsummary = "x"\nset = { "finetune.epochs" = 50 }\n',
+     r"\[model.ctal\]: sets finetune.epochs, the training budget"),
+    ('[ablation.bad]\nsummary = "x"\nset = { "finetune.patience" = 3 }\n',
+     r"\[ablation.bad\]: sets finetune.patience, the training budget"),
+    ('[ablation.bad]\nsummary = "x"\nsweep = "finetune.epochs"\nvalues = [5, 10]\n',
+     r"\[ablation.bad\]: sets finetune.epochs, the training budget"),
+    ('[search.ctal2]\nsummary = "x"\n[search.ctal2.space]\n"finetune.epochs" = { low = 5, high = 50 }\n',
+     r"\[search.ctal2\]"),
+    ('[suite.bad]\nsummary = "x"\ntasks = ["emotion"]\nmodels = ["ctal"]\n'
+     'budget_exceptions = { tfn = { "finetune.epochs" = 50 } }\n',
+     r"\[suite.bad\]: budget_exceptions names 'tfn', not a model or ablation variant"),
+    ('[suite.bad]\nsummary = "x"\ntasks = ["emotion"]\nmodels = ["ctal", "tfn"]\n'
+     'budget_exceptions = { tfn = { "finetune.lr" = 0.1 } }\n',
+     r"\[suite.bad\]: budget_exceptions.tfn expects a table of finetune.epochs and/or finetune.patience"),
 ])
 def test_malformed_declarations_name_file_and_entry(tmp_path, body, message):
     path = write(tmp_path, body)
@@ -167,3 +182,29 @@ def test_model_settings_apply_after_the_scale_and_before_overrides():
     # the scale's CTAL switch reaches CTAL only (a baseline has no such part and would reject it)
     assert ctal.model.orthogonality_weight == 0.03 and tfn.model.orthogonality_weight == 1.0
     assert tfn.finetune.epochs == ctal.finetune.epochs == 3  # --set wins
+
+
+def test_every_cell_of_a_shipped_suite_has_the_same_budget():
+    from ctal_bench.runner import Request, cell_config, suite_variants
+
+    decl = declarations.load()
+    for name in decl.suites:
+        suite = decl.suites.get(name)
+        request = Request(name, tuple(suite_variants(decl, suite, None)), suite.tasks, suite.seeds, suite.scale)
+        budgets = {(cfg.finetune.epochs, cfg.finetune.patience)
+                   for variant in request.variants for task in suite.tasks
+                   for cfg in [cell_config(decl, suite, request, variant, task, 0)]}
+        assert len(budgets) == 1, (name, budgets)
+
+
+def test_a_declared_budget_exception_reaches_only_its_variant(tmp_path):
+    from ctal_bench.declarations import Variant
+    from ctal_bench.runner import Request, cell_config
+
+    write(tmp_path, '[suite.uneven]\nsummary = "x"\ntasks = ["emotion"]\nmodels = ["ctal", "tfn"]\nscale = "smoke"\n'
+                    'budget_exceptions = { tfn = { "finetune.epochs" = 99 } }\n')
+    decl = declarations.load(tmp_path)
+    suite = decl.suites.get("uneven")
+    request = Request("uneven", (Variant("ctal", "ctal"), Variant("tfn", "tfn")), ("emotion",), (0,), "smoke")
+    epochs = {v.name: cell_config(decl, suite, request, v, "emotion", 0).finetune.epochs for v in request.variants}
+    assert epochs["tfn"] == 99 and epochs["ctal"] == decl.scales.get("smoke").overrides["finetune.epochs"]

@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from ctal_bench import catalog, declarations
 from ctal_bench.config import Config, apply_overrides
 from ctal_bench.data.batching import AUDIO_DIM, Item
+from ctal_bench.data.prepare import DataPipeline
 from ctal_bench.data.text import CLS_ID, SEP_ID, SPECIAL_TOKENS
 from ctal_bench.distributed import SINGLE_PROCESS, World, from_environment, process_group
 from ctal_bench.errors import UserError
@@ -49,6 +50,9 @@ class RandomCorpus:
 
     def pretraining_dataset(self, cfg):
         return self
+
+    def pretraining_source(self, cfg):
+        return "synth", self.root.name
 
     def pretraining_items(self, cfg):
         return self.items
@@ -148,11 +152,11 @@ def test_suite_cells_find_the_checkpoint_the_command_writes():
     suite = decl.suites.get("paper")
     variants = (Variant("ctal", "ctal"), *decl.ablations.get("no_fusion").variants())
     request = Request("paper", variants, suite.tasks, (2,), "smoke", overrides)
-    corpus = Path("synth-tiny")
+    data = DataPipeline(Path("unused"))  # keys open nothing
     for variant in variants:
         for task in suite.tasks:
             cell = cell_config(decl, suite, request, variant, task, 2)
-            assert pretrain_key(cell, corpus) == pretrain_key(command, corpus)
+            assert pretrain_key(cell, data) == pretrain_key(command, data)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 8])

@@ -22,6 +22,9 @@ class Example:
     speaker: str
     emotion: str | None = None  # one of EMOTIONS
     sentiment: float | None = None  # in [-3, 3]
+    # Named test subsets the example belongs to (synth: "transfer" = its transcript holds a word
+    # that pre-training saw and labelled training never did); metrics are also reported per subset.
+    subsets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,15 +56,18 @@ class Dataset(ABC):
     name: ClassVar[str]
     tasks: ClassVar[tuple[str, ...]]  # of "emotion", "sentiment", "verification"
     has_pretraining: ClassVar[bool] = False
+    version: ClassVar[int] = 1  # bump when the examples or splits a config reads change
 
     def __init__(self, root: Path):
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"{self.root}: dataset directory for {self.name!r} does not exist")
 
-    def folds(self, task: str) -> tuple[str, ...]:
-        """Fold names for a task; a source with fixed splits has the one fold "0"."""
-        self.check_task(task)
+    @classmethod
+    def folds(cls, task: str) -> tuple[str, ...]:
+        """Fold names for a task (a fact of the layout: known before a dataset is opened or built);
+        a source with fixed splits has the one fold "0"."""
+        cls.check_task(task)
         return ("0",)
 
     @abstractmethod
@@ -77,9 +83,10 @@ class Dataset(ABC):
         if fold not in folds:
             raise UserError(f"dataset {self.name!r} has no fold {fold!r} for {task}; folds: {', '.join(folds)}")
 
-    def check_task(self, task: str) -> None:
-        if task not in self.tasks:
-            raise UserError(f"dataset {self.name!r} has no task {task!r}; it has {', '.join(self.tasks)}")
+    @classmethod
+    def check_task(cls, task: str) -> None:
+        if task not in cls.tasks:
+            raise UserError(f"dataset {cls.name!r} has no task {task!r}; it has {', '.join(cls.tasks)}")
 
 
 def csv_rows(path: Path, columns: Sequence[str],

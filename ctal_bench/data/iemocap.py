@@ -160,8 +160,9 @@ class IEMOCAP(Dataset):
                 transcripts[match["utt"]] = match["text"].strip()
         return transcripts
 
-    def folds(self, task: str) -> tuple[str, ...]:
-        self.check_task(task)
+    @classmethod
+    def folds(cls, task: str) -> tuple[str, ...]:
+        cls.check_task(task)
         return SESSIONS
 
     def split(self, task: str, fold: str, seed: int) -> Split:

@@ -57,8 +57,9 @@ class DataPipeline:
             self._datasets[key] = cls(root)
         return self._datasets[key]
 
-    def pretraining_dataset(self, cfg: Config) -> Dataset:
-        """The corpus that pre-trains CTAL and trains the tokenizer."""
+    def pretraining_source(self, cfg: Config) -> tuple[str, str]:
+        """(dataset name, corpus directory name) of the corpus that pre-trains CTAL, without
+        opening it: what a pre-training's key needs."""
         name = cfg.data.pretrain_dataset
         if not name:
             if DATASETS.get(cfg.data.dataset).has_pretraining:
@@ -68,7 +69,12 @@ class DataPipeline:
             else:
                 raise UserError(f"dataset {cfg.data.dataset!r} has no pre-training corpus: pass "
                                 "--data librispeech=PATH or --set data.pretrain_dataset=synth")
-        return self.dataset(name, cfg.data.size)
+        directory = self.data_paths[name].name if name in self.data_paths else f"{name}-{cfg.data.size}"
+        return name, directory
+
+    def pretraining_dataset(self, cfg: Config) -> Dataset:
+        """The corpus that pre-trains CTAL and trains the tokenizer."""
+        return self.dataset(self.pretraining_source(cfg)[0], cfg.data.size)
 
     def features(self, examples: Sequence[Example], cfg: FeatureConfig) -> list[np.ndarray]:
         key = config_hash(cfg)

@@ -227,7 +227,10 @@ class FusionHead(nn.Module):
     """Pools each stream, combines them as ``mode`` says, then Linear(2d, 2d) -> tanh -> Linear.
 
     T = tanh(W_t H_t), A = tanh(W_a H_a); text pool = T[:, 0] (<s>), audio pool = attention
-    pooling (a learned scoring vector, softmax over real frames); max = masked max.
+    pooling (a learned scoring vector, softmax over real frames); max = masked max (over the text
+    tokens after <s>, as the release does). Its layers keep PyTorch's default (fan-in) init, as
+    the release's new head does: at small widths N(0, 0.02) would start it 2.5-3.6x smaller and
+    let the orthogonality loss's gradient dominate the task's.
     fusion: z = [t_pool + a_pool ; t_max + a_max]; concat: z = [t_pool ; a_pool];
     text: z = [t_pool ; t_max]; audio: z = [a_pool ; a_max].
     """
@@ -252,7 +255,8 @@ class FusionHead(nn.Module):
                 audio: torch.Tensor | None, audio_mask: torch.Tensor) -> ModelOutput:
         if self.uses_text:
             projected = torch.tanh(self.text_projection(text))  # (B, L, D)
-            t_pool, t_max = projected[:, 0], masked_max(projected, token_mask)
+            # The release max-pools the tokens after <s>: <s> is already the pooled vector.
+            t_pool, t_max = projected[:, 0], masked_max(projected[:, 1:], token_mask[:, 1:])
         if self.uses_audio:
             projected = torch.tanh(self.audio_projection(audio))  # (B, T, D)
             scores = self.audio_scorer(projected).squeeze(-1)  # (B, T)
@@ -324,11 +328,14 @@ class CTAL(nn.Module):
     """Text stream -> cross-modal audio stream -> one task head (``cfg.head``).
 
     ``forward`` fine-tunes and predicts; ``pretraining()`` feeds MLM + MAM. Every utterance
-    needs at least one real token (<s>) and one real frame: attention over no key is undefined.
+    needs a real token after <s> (``text.encode`` always ends with </s>) and one real frame:
+    attention and max-pooling over nothing are undefined.
     """
 
     presets = PRESETS
+    version = 2  # bump when a change alters what a config trains: cells of the old version rerun
     pretrainable = True  # has MLM and MAM heads (see ctal_bench/pretrain.py)
+    resolve = staticmethod(resolve_size)  # the preset's sizes filled in (what a cell's hash covers)
 
     def __init__(self, cfg: ModelConfig, n_outputs: int, vocab_size: int, audio_dim: int = AUDIO_DIM):
         super().__init__()
@@ -339,8 +346,9 @@ class CTAL(nn.Module):
         self.audio_stream = AudioStream(self.cfg, audio_dim)
         self.mlm_head = MLMHead(self.cfg.d_model, vocab_size)
         self.mam_head = MAMHead(self.cfg.d_model, audio_dim)
-        self.head = FusionHead(self.cfg, n_outputs)
-        self.apply(self._init_weights)
+        for part in (self.text_stream, self.audio_stream, self.mlm_head, self.mam_head):
+            part.apply(self._init_weights)
+        self.head = FusionHead(self.cfg, n_outputs)  # PyTorch's default init (see FusionHead)
         self.mlm_head.decoder.weight = self.text_stream.token_embedding.weight  # tied, as RoBERTa
 
     @staticmethod
