@@ -22,7 +22,7 @@ from ctal_bench.training import FitResult, Schedule, fit
 
 @dataclass
 class Outcome:
-    metrics: dict[str, dict[str, float]]  # {"dev": ..., "test": ...}
+    metrics: dict  # {"dev": {...}, "test": {...}, "test_subsets": {subset name: {...}}}
     best_epoch: int
     curve: list[dict[str, float]]
     predictions: pd.DataFrame  # test split, per example (or per trial)
@@ -105,9 +105,14 @@ def finetune(cfg: Config, task_name: str, data: TaskData, pretrained: dict[str, 
     test = collect(model, data.test, f.batch_size, device, task.eval_trials(data.split, "test"))
     eval_seconds = time.perf_counter() - started
     n_eval = len(data.dev) + len(data.test)
+    predictions = task.predictions(test)
+    if "uid" in predictions:  # per example: which named subsets each belongs to
+        of = {e.uid: ";".join(e.subsets) for e in data.split.test}
+        predictions["subsets"] = [of[uid] for uid in predictions["uid"]]
     return Outcome(
-        metrics={"dev": task.evaluate(dev), "test": task.evaluate(test)},
-        best_epoch=result.best_epoch, curve=result.curve, predictions=task.predictions(test),
+        metrics={"dev": task.evaluate(dev), "test": task.evaluate(test),
+                 "test_subsets": task.evaluate_subsets(test, data.split.test)},
+        best_epoch=result.best_epoch, curve=result.curve, predictions=predictions,
         timing={"train_seconds": result.train_seconds, "steps": result.steps,
                 "train_samples_per_second": result.samples / max(result.train_seconds, 1e-9),
                 "train_audio_seconds_per_second": result.audio_frames * batching.frame_ms(cfg.data) / 1000

@@ -57,6 +57,11 @@ class EvalOutputs:
         assert not wrong, f"EvalOutputs: {n} uids but {wrong}"
         assert self.logits.ndim == 2, f"EvalOutputs: logits must be (N, n_outputs), got shape {self.logits.shape}"
 
+    def select(self, keep: np.ndarray) -> "EvalOutputs":
+        """The examples where the (N,) bool ``keep`` holds (trials are not per example: dropped)."""
+        return EvalOutputs(tuple(np.asarray(self.uids)[keep]), tuple(np.asarray(self.speakers)[keep]),
+                           self.targets[keep], self.logits[keep], self.embeddings[keep])
+
 
 class Task(ABC):
     name: ClassVar[str]
@@ -107,6 +112,20 @@ class Task(ABC):
         """JSON-ready extras stored with a result (beyond ``metric_names``)."""
         return {}
 
+    def evaluate_subsets(self, outputs: EvalOutputs, examples: Sequence[Example]) -> dict[str, dict[str, float]]:
+        """``evaluate`` on each named subset of the examples (``Example.subsets``) that holds at
+        least two of them; none for a task scored on trials rather than examples."""
+        if self.row_keys != ("uid",):
+            return {}
+        of = {e.uid: e.subsets for e in examples}
+        names = sorted({name for e in examples for name in e.subsets})
+        out = {}
+        for name in names:
+            keep = np.array([name in of[uid] for uid in outputs.uids])
+            if keep.sum() >= 2:
+                out[name] = self.evaluate(outputs.select(keep))
+        return out
+
 
 def _example_table(outputs: EvalOutputs, prediction: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"uid": list(outputs.uids), "speaker": list(outputs.speakers),
@@ -117,6 +136,7 @@ class EmotionTask(Task):
     """4-way emotion classification (neutral, happy, sad, angry); selection on UA."""
 
     name = "emotion"
+    version = 2  # metrics per named test subset
     metric_names = ("wa", "ua", "macro_f1")
     selection_metric = "ua"
     table_metrics = ("ua", "wa")
@@ -162,6 +182,7 @@ class SentimentTask(Task):
     """Sentiment regression in [-3, 3] with an L1 loss on logits[:, 0]; selection on MAE."""
 
     name = "sentiment"
+    version = 2  # metrics per named test subset
     metric_names = ("mae", "corr", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7", "acc5")
     selection_metric = "mae"
     table_metrics = ("mae", "corr")

@@ -53,7 +53,7 @@ def test_run_writes_cells_reuses_pretraining_and_resumes(tmp_path, data_dir):
         assert record["curves"]["finetune"] and record["curves"]["pretrain"]
         assert record["timing"]["train_samples_per_second"] > 0 and record["timing"]["peak_memory_bytes"] > 0
         assert record["pretrain"]["peak_memory_bytes"] > 0 and record["scale"] == "smoke"
-        assert set(record["metrics"]) == {"dev", "test"}
+        assert set(record["metrics"]) == {"dev", "test", "test_subsets"}
         assert (results / "runs" / "smoke" / name.replace(".json", ".preds.csv")).exists()
     # One pre-training, shared by the three tasks.
     assert sorted(r["pretrain"]["reused"] for r in written.values()) == [False, True, True]

@@ -199,3 +199,16 @@ def test_verification_evaluate_and_predictions():
 def test_eval_outputs_checks_lengths():
     with pytest.raises(AssertionError, match="4 uids"):
         outputs(np.zeros((3, 4)), np.zeros(4, dtype=int))
+
+
+def test_subset_metrics_score_only_the_subsets_examples():
+    tagged = tuple(Example(e.uid, e.audio, e.text, e.speaker, e.emotion, e.sentiment,
+                           ("transfer",) if e.uid in ("d1", "d3") else ()) for e in DEV)
+    task = TASKS.get("sentiment")
+    out = outputs([[1.0], [-1.0], [0.0], [0.5]], [e.sentiment for e in DEV])
+    by_subset = task.evaluate_subsets(out, tagged)
+    assert set(by_subset) == {"transfer"}
+    assert by_subset["transfer"]["mae"] == pytest.approx((abs(1.0 - 2.0) + abs(0.0 - 0.5)) / 2)
+    assert task.evaluate_subsets(out, DEV) == {}  # no example in any subset
+    trials = outputs(np.eye(4)[:, :3], [0, 1, 2, 0], np.eye(4)[:, :3], DEV_TRIALS)
+    assert TASKS.get("verification").evaluate_subsets(trials, tagged) == {}  # scored on trials
