@@ -1,9 +1,10 @@
-"""Figures of a results frame: seed spread, sweeps, cost, confusions and DET curves.
+"""Figures of a results frame: seed spread, sweeps, cost, confusions, DET and learning curves.
 
 Tables give means; figures show what means hide: how far seeds scatter, where a sweep bends,
-what quality costs in throughput, which emotions get confused, and how verification errors
-trade off at every threshold. Each per-task figure has one panel per dataset, because scores
-on different datasets are not on one scale. Every figure is written as PNG (150 dpi) and PDF.
+what quality costs in throughput, which emotions get confused, how verification errors
+trade off at every threshold, and whether the training budget let each model converge. Each
+per-task figure has one panel per dataset, because scores on different datasets are not on one
+scale. Every figure is written as PNG (150 dpi) and PDF.
 Figures are built on ``matplotlib.figure.Figure`` directly, never through pyplot's global
 state, so nothing opens a window or stays in memory after saving.
 
@@ -13,6 +14,8 @@ Cells whose metric is NaN (a diverged run) cannot be drawn and are left out; the
 from __future__ import annotations
 
 import re
+import textwrap
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -22,6 +25,8 @@ import seaborn as sns
 from matplotlib import ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from scipy.stats import norm
 
 from ctal_bench import catalog, metrics
@@ -29,11 +34,15 @@ from ctal_bench.data.base import EMOTIONS
 from ctal_bench.registry import TASKS
 from ctal_bench.results import DONE
 from ctal_bench.stats import summarise
+from ctal_bench.tables import LATE_SHARE
 
 DPI = 150
 PANEL_SIZE = (4.5, 3.6)  # inches per dataset panel
 DET_TICKS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
 DET_RATE_FLOOR = 0.001  # rates of 0 or 1 have no probit; draw them at 0.1% / 99.9%
+CURVE_PANEL_SIZE = (2.6, 2.0)  # inches per variant panel of the learning curves
+CURVE_COLUMNS = 6  # variant panels per row: a paper suite's 18 variants in three rows
+PRETRAIN_LOSSES = {"train_mlm": "MLM", "train_mam": "MAM"}  # pre-training curve columns -> names
 
 
 def seed_distributions(cells: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -167,13 +176,127 @@ def det_curves(cells: pd.DataFrame, runs_dir: Path, out_dir: Path) -> list[Path]
     return _save(fig, out_dir, "det-verification")
 
 
+def finetune_curves(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per fine-tuning epoch of every finished cell that kept its curve: variant, task,
+    dataset, epoch (1-based), dev_score, selected (the cell's best dev epoch) and the cell's
+    budget of epochs (NaN where the record has no config)."""
+    rows = []
+    for record in records:
+        curve = (record.get("curves") or {}).get("finetune")
+        if record.get("status") != DONE or not curve:
+            continue
+        cell = record["cell"]
+        budget = record.get("config", {}).get("finetune", {}).get("epochs", np.nan)
+        for row in curve:
+            rows.append({"variant": cell["variant"], "task": cell["task"], "dataset": cell["dataset"],
+                         "epoch": row["epoch"] + 1, "dev_score": row["dev_score"],
+                         "selected": row["epoch"] == record["best_epoch"], "budget": budget})
+    columns = ["variant", "task", "dataset", "epoch", "dev_score", "selected", "budget"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def learning_curves(records: Iterable[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Per task: the dev selection metric against fine-tuning epoch, one small panel per variant
+    (a block of rows per dataset, one y scale per dataset): the median and min-max band over
+    seeds and folds, each cell's selected epoch as a point, and the last 20% of the budget
+    shaded. Points in the shade are cells still improving when the budget ran out
+    (``tables.still_improving``). After an early stop the median covers the cells still training.
+    """
+    curves = finetune_curves(records)
+    written = []
+    for task, rows in curves.groupby("task", sort=False):
+        metric = _selection_metric(task)
+        blocks = [(dataset, _variants_in_order(data)) for dataset, data in rows.groupby("dataset", sort=False)]
+        columns = min(CURVE_COLUMNS, max(len(variants) for _, variants in blocks))
+        block_rows = [-(-len(variants) // columns) for _, variants in blocks]  # ceiling division
+        fig = Figure(figsize=(CURVE_PANEL_SIZE[0] * columns, CURVE_PANEL_SIZE[1] * sum(block_rows) + 0.9),
+                     layout="constrained")
+        axes = fig.subplots(sum(block_rows), columns, squeeze=False)
+        for ax in axes.flat:
+            ax.set_visible(False)  # shown below where a variant is drawn
+        top = 0
+        for (dataset, variants), n_rows in zip(blocks, block_rows):
+            block = axes[top:top + n_rows].flat
+            for ax, variant in zip(block, variants):
+                ax.set_visible(True)
+                if ax is not axes[top, 0]:
+                    ax.sharey(axes[top, 0])  # x is not shared: a variant may have its own budget
+                _draw_learning_curve(ax, rows[(rows["dataset"] == dataset) & (rows["variant"] == variant)])
+                ax.set_title(f"{variant} · {dataset}", fontsize=8)
+                ax.tick_params(labelsize=7)
+            top += n_rows
+        fig.suptitle(f"{task}: dev {_metric_label(metric)} against fine-tuning epoch", fontsize=10)
+        fig.supylabel(f"dev {metric}", fontsize=9)
+        fig.legend(handles=[Line2D([], [], color="C0", label="median over seeds and folds"),
+                            Patch(color="C0", alpha=0.25, label="min-max"),
+                            Line2D([], [], color="C3", marker="o", linestyle="", markersize=3,
+                                   label="selected epoch of a cell"),
+                            Patch(color="0.88", label=f"last {float(LATE_SHARE):.0%} of the budget")],
+                   loc="outside lower center", ncols=4, fontsize=8, frameon=False)
+        written += _save(fig, out_dir, f"curves-{task}")
+    return written
+
+
+def pretrain_runs(records: Iterable[dict[str, Any]]) -> dict[str, list[list[dict]]]:
+    """label -> the loss curves of one pre-training config, one per seed.
+
+    Cells share pre-trainings: each (its record's key) counts once. The key also hashes the seed,
+    so a config's seeds are grouped by what used them: within a seed every (variant, task) uses
+    one pre-training, so equal users across seeds mean an equal config. The label names the
+    variants, and the tasks where that alone would not tell two configs apart.
+    """
+    users: dict[str, set[tuple[str, str]]] = {}  # key -> the (variant, task) that used it
+    curves: dict[str, list[dict]] = {}
+    for record in records:
+        pretrain, curve = record.get("pretrain"), (record.get("curves") or {}).get("pretrain")
+        if record.get("status") != DONE or not pretrain or not curve:
+            continue
+        users.setdefault(pretrain["key"], set()).add((record["cell"]["variant"], record["cell"]["task"]))
+        curves[pretrain["key"]] = curve
+    groups: dict[frozenset, list[list[dict]]] = {}
+    for key, used_by in users.items():
+        groups.setdefault(frozenset(used_by), []).append(curves[key])
+    names = {group: ", ".join(sorted({variant for variant, _ in group})) for group in groups}
+    ambiguous = {name for name, n in Counter(names.values()).items() if n > 1}
+    return {names[group] + (f" ({', '.join(sorted({task for _, task in group}))})" if names[group] in ambiguous
+                            else ""): seeds for group, seeds in groups.items()}
+
+
+def pretrain_curves(records: Iterable[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """MLM and MAM loss against pre-training epoch, a line per distinct pre-training config
+    (``pretrain_runs``): the median and min-max band over its seeds. [] when no record has a
+    pre-training curve (baselines only)."""
+    runs = pretrain_runs(records)
+    if not runs:
+        return []
+    labels = [textwrap.fill(f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})", 80)
+              for label, curves in runs.items()]
+    legend_lines = sum(label.count("\n") + 1 for label in labels)
+    fig = Figure(figsize=(2 * PANEL_SIZE[0], PANEL_SIZE[1] + 0.4 + 0.16 * legend_lines), layout="constrained")
+    panels = fig.subplots(1, len(PRETRAIN_LOSSES), squeeze=False)[0]
+    colors = sns.color_palette("tab10" if len(runs) <= 10 else "tab20", len(runs))
+    for ax, (column, name) in zip(panels, PRETRAIN_LOSSES.items()):
+        for curves, label, color in zip(runs.values(), labels, colors):
+            losses = pd.DataFrame([{"epoch": row["epoch"] + 1, "loss": row[column]} for curve in curves
+                                   for row in curve]).groupby("epoch")["loss"]
+            ax.fill_between(losses.min().index, losses.min(), losses.max(), color=color, alpha=0.2, linewidth=0)
+            ax.plot(losses.median().index, losses.median(), color=color, label=label)
+        ax.set(title=f"{name} loss", xlabel="pre-training epoch", ylabel=f"{name} loss (train)")
+    handles, labels = panels[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", fontsize=7, frameon=False,
+               title="median and min-max over seeds; pre-training used by", title_fontsize=7)
+    return _save(fig, out_dir, "pretrain-curves")
+
+
 def write_all(cells: pd.DataFrame, records: Iterable[dict[str, Any]], runs_dir: Path, out_dir: Path,
               sweeps: Sequence[str]) -> list[Path]:
     """Every figure of one results set; the paths written."""
+    records = list(records)  # read by several figures
     written = seed_distributions(cells, out_dir) + quality_vs_throughput(cells, out_dir)
     for sweep in sweeps:
         written += sweep_curves(cells, sweep, out_dir)
-    return written + confusion_matrices(records, out_dir) + det_curves(cells, runs_dir, out_dir)
+    return (written + confusion_matrices(records, out_dir) + det_curves(cells, runs_dir, out_dir)
+            + learning_curves(records, out_dir) + pretrain_curves(records, out_dir))
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -234,6 +357,21 @@ def _plain_log_ticks(ax: Axes) -> None:
     """Label a log x axis 40, 100, 400 rather than 4x10^1, 10^2, 4x10^2 (minor ticks within a decade)."""
     ax.xaxis.set_major_formatter(ticker.LogFormatter(labelOnlyBase=False))
     ax.xaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+
+
+def _draw_learning_curve(ax: Axes, rows: pd.DataFrame) -> None:
+    """One variant's panel of ``learning_curves``."""
+    scores = rows.groupby("epoch")["dev_score"]
+    low, high, median = scores.min(), scores.max(), scores.median()
+    budget = rows["budget"].max()
+    if not np.isnan(budget):
+        ax.axvspan((1 - float(LATE_SHARE)) * budget + 0.5, budget + 0.5, color="0.88", linewidth=0, zorder=0)
+    ax.fill_between(low.index, low, high, color="C0", alpha=0.25, linewidth=0)
+    ax.plot(median.index, median, color="C0", linewidth=1.2)
+    selected = rows[rows["selected"]]
+    ax.plot(selected["epoch"], selected["dev_score"], "o", color="C3", markersize=3, zorder=3)
+    ax.set_xlim(0.5, (rows["epoch"].max() if np.isnan(budget) else budget) + 0.5)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
 
 
 def _probit(rate: np.ndarray | float) -> np.ndarray:

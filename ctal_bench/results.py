@@ -78,7 +78,13 @@ class ResultsStore:
 
 
 FRAME_COLUMNS = ("suite", "variant", "task", "dataset", "fold", "seed", "model", "ablation", "sweep_value",
-                 "scale", "config_hash", "parameters", "train_samples_per_second", "best_epoch", "cell_id")
+                 "scale", "config_hash", "parameters", "train_samples_per_second", "best_epoch", "epochs",
+                 "patience", "epochs_trained", "cell_id")
+
+
+def metric_column(metric: str, subset: str = "") -> str:
+    """The frame's column of a test metric over the whole test set, or over a named subset."""
+    return f"{subset}:{metric}" if subset else metric
 
 
 def frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -86,9 +92,12 @@ def frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
     Columns: FRAME_COLUMNS, i.e. the cell's coordinates (suite, variant, task, dataset, fold,
     seed), model, ablation ("" for a plain model), sweep_value (the swept value of a sweep
-    variant, else NaN), scale, config_hash, parameters, train_samples_per_second, best_epoch and
-    the cell id (``<suite>/<id>``) that locates its predictions; then every test metric by name
-    (NaN where a task lacks it).
+    variant, else NaN), scale, config_hash, parameters, train_samples_per_second, best_epoch
+    (0-based), the fine-tuning budget (epochs, patience) and the epochs it trained (fewer when it
+    stopped early), and the cell id (``<suite>/<id>``) that locates its predictions; then every
+    test metric by name (NaN where a task lacks it), and by ``metric_column(metric, subset)`` over
+    each named test subset (synth's ``transfer:ua``). Records from before configs and curves were
+    kept have NaN budgets.
     """
     rows = []
     for record in records:
@@ -96,13 +105,20 @@ def frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             continue
         key = CellKey(**record["cell"])
         sweep_value = record.get("sweep_value")
-        rows.append({**record["metrics"]["test"], **asdict(key), "model": record["model"],
+        budget = record.get("config", {}).get("finetune", {})
+        curve = (record.get("curves") or {}).get("finetune")
+        subsets = {metric_column(metric, subset): value
+                   for subset, values in record["metrics"].get("test_subsets", {}).items()
+                   for metric, value in values.items()}
+        rows.append({**record["metrics"]["test"], **subsets, **asdict(key), "model": record["model"],
                      "ablation": record.get("ablation", ""),
                      "sweep_value": float("nan") if sweep_value is None else sweep_value,
                      "scale": record.get("scale", ""), "config_hash": record["config_hash"],
                      "parameters": record.get("parameters"),
                      "train_samples_per_second": record.get("timing", {}).get("train_samples_per_second"),
-                     "best_epoch": record.get("best_epoch"), "cell_id": f"{key.suite}/{key.id}"})
+                     "best_epoch": record.get("best_epoch"), "epochs": budget.get("epochs"),
+                     "patience": budget.get("patience"), "epochs_trained": None if curve is None else len(curve),
+                     "cell_id": f"{key.suite}/{key.id}"})
     return pd.DataFrame(rows, columns=None if rows else list(FRAME_COLUMNS))
 
 

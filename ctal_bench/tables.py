@@ -3,12 +3,15 @@
 Every number is a mean +- sample std over seeds (folds are averaged within a seed first, so N
 is the number of seeds). Marks come from paired t-tests on matched seeds against a reference,
 corrected over the table's whole family (``stats.correct``): † at 0.05, ‡ at 0.01. Each caption
-states N, the test, the correction, alpha, the metric directions, the data and the scale.
+states N, the test, the correction, alpha, the metric directions, the data, the scale and the
+fine-tuning budget. A variant whose selected epoch came late in its budget for several seeds is
+marked ˢ (``still_improving``): its number may be short of what more epochs would give.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
@@ -21,13 +24,19 @@ from ctal_bench.registry import TASKS
 
 ALPHAS = (0.05, 0.01)
 MARKS = ("†", "‡")  # significant at ALPHAS[0] / ALPHAS[1] after correction
+LATE_SHARE = Fraction(1, 5)  # the end of a budget where a selected epoch says "still improving"
+IMPROVING_SEEDS = 2  # one seed peaking late can be chance; two are a pattern
+IMPROVING_MARK = "ˢ"
+IMPROVING_NOTE = (f"{IMPROVING_MARK} best dev epoch in the last {float(LATE_SHARE):.0%} of the budget for at "
+                  f"least {IMPROVING_SEEDS} seeds: still improving, more epochs might change this number.")
 
 
 @dataclass
 class Entry:
     text: str = "–"
     bold: bool = False
-    mark: str = ""
+    mark: str = ""  # significance
+    flag: str = ""  # IMPROVING_MARK or ""
 
 
 @dataclass
@@ -38,12 +47,66 @@ class TableData:
     columns: list[str]  # header labels after the row-label column
     rows: list[tuple[str, list[Entry]]] = field(default_factory=list)
     comparisons: pd.DataFrame | None = None  # every test behind the marks, one row each
+    notes: list[str] = field(default_factory=list)  # footnotes, printed under the table
 
 
 def per_seed(cells: pd.DataFrame, variant: str, task: str, metric: str) -> pd.Series:
     """seed -> the metric averaged over that seed's folds, for one variant and task."""
     own = cells[(cells["variant"] == variant) & (cells["task"] == task)]
     return own.groupby("seed")[metric].mean().dropna()
+
+
+def still_improving(best_epoch: int, epochs: int) -> bool:
+    """Whether a cell's selected epoch (0-based) lies in the last 20% of its budget of ``epochs``:
+    dev was still getting better when the budget ran out. Exact fractions: of 10 epochs the 9th
+    and 10th count, the 8th does not; of 30, the 25th to the 30th."""
+    return best_epoch + 1 > (1 - LATE_SHARE) * epochs
+
+
+def improving_seeds(cells: pd.DataFrame, variant: str, task: str) -> int:
+    """How many seeds of ``variant`` on ``task`` are still improving (``still_improving``) in
+    any of their folds; cells without a known budget do not count."""
+    own = cells[(cells["variant"] == variant) & (cells["task"] == task)].dropna(subset=["best_epoch", "epochs"])
+    late = [still_improving(int(b), int(e)) for b, e in zip(own["best_epoch"], own["epochs"])]
+    return own.loc[np.array(late, dtype=bool), "seed"].nunique()
+
+
+def _flag(cells: pd.DataFrame, variant: str, task: str) -> str:
+    return IMPROVING_MARK if improving_seeds(cells, variant, task) >= IMPROVING_SEEDS else ""
+
+
+def _note_flags(table: TableData) -> None:
+    """Explain the still-improving mark under a table that shows it."""
+    if any(entry.flag for _, entries in table.rows for entry in entries):
+        table.notes.append(IMPROVING_NOTE)
+
+
+def _budget_text(epochs: float, patience: float) -> str:
+    if 0 < patience < epochs:
+        return f"up to {epochs:.0f} epochs, early stopping after {patience:.0f} epochs without dev improvement"
+    return f"{epochs:.0f} epochs without early stopping"  # patience 0 never stops; >= epochs cannot
+
+
+def budget_sentence(cells: pd.DataFrame, variants: Sequence[str], tasks: Sequence[str]) -> str:
+    """The fine-tuning budget of these variants' cells, for a caption. Where budgets differ (a
+    suite's declared exception), each is named with its variants (and tasks, where a variant's
+    budget differs between tasks), the most common first. "" when no cell records its budget."""
+    own = cells[cells["variant"].isin(variants) & cells["task"].isin(tasks)].dropna(subset=["epochs", "patience"])
+    if own.empty:
+        return ""
+    budgets = own.groupby(["epochs", "patience"]).size().sort_values(ascending=False, kind="stable").index
+    if len(budgets) == 1:
+        return f" Budget: {_budget_text(*budgets[0])}, best dev epoch selected."
+    parts = []
+    for epochs, patience in budgets:
+        given = own[(own["epochs"] == epochs) & (own["patience"] == patience)]
+        names = []
+        for variant in ordered(variants, given["variant"].unique()):
+            with_it = ordered(tasks, given.loc[given["variant"] == variant, "task"].unique())
+            every = own.loc[own["variant"] == variant, "task"].nunique() == len(with_it)
+            names.append(variant if every else f"{variant} ({', '.join(with_it)})")
+        parts.append(f"{_budget_text(epochs, patience)} for {', '.join(names)}")
+    return " Budgets differ: " + "; ".join(parts) + "; best dev epoch selected."
 
 
 def _arrow(metric: str) -> str:
@@ -96,8 +159,9 @@ def _compared_rows(table: TableData, cells: pd.DataFrame, variants: Sequence[str
                 if worse_only:
                     text += f" (Δ {comparison.difference:+.3f})"
                 mark = "" if worse_only and comparison.a_is_better else _mark(p)
-            entries.append(Entry(text, mark=mark))
+            entries.append(Entry(text, mark=mark, flag=_flag(cells, variant, task)))
         table.rows.append((variant, entries))
+    _note_flags(table)
 
 
 def _significance(cells: pd.DataFrame, pairs: list[tuple[str, str, str, str]], method: str,
@@ -170,6 +234,7 @@ def main_table(cells: pd.DataFrame, models: Sequence[str], tasks: Sequence[str],
         f"Mean ± sample std over seeds ({_n_text(ns)}; {_describe(cells)}). Bold: best mean. "
         + (_test_sentence(len(tests), "holm", "better than", reference, _n_text(ns)) if reference in models
            else f"No significance marks: the reference {reference} has no cells here.")
+        + budget_sentence(cells, models, tasks)
         + " ↑ higher is better, ↓ lower is better. Params: trainable parameters; "
           "samples/s: training throughput of the cell (mean over cells)." + _profile_sentence(profiles),
         [f"{t} {metric} {_arrow(metric)}" for t, metric in columns] + ["params", "samples/s"]
@@ -184,7 +249,8 @@ def main_table(cells: pd.DataFrame, models: Sequence[str], tasks: Sequence[str],
             text = _summary_text(values)
             comparison, p = tests.get((model, t, metric), (None, 1.0))
             mark = _mark(p) if comparison is not None and comparison.a_is_better else ""
-            entries.append(Entry(text, best.get((t, metric)) == model, mark))
+            flag = _flag(cells, model, t) if metric == TASKS.get(t).selection_metric else ""
+            entries.append(Entry(text, best.get((t, metric)) == model, mark, flag))
         own = cells[cells["variant"] == model]
         params = own["parameters"].dropna()
         speed = own["train_samples_per_second"].dropna()
@@ -197,6 +263,7 @@ def main_table(cells: pd.DataFrame, models: Sequence[str], tasks: Sequence[str],
                 Entry(f"{profile['phases']['latency_batch1']['median']['p50_s'] * 1e3:.1f}")]
         table.rows.append((model + (" (reference)" if model == reference else ""), entries))
     table.comparisons = _comparisons(tests, reference, "holm")
+    _note_flags(table)
     return table
 
 
@@ -213,7 +280,7 @@ def ablation_table(cells: pd.DataFrame, full: str, variants: Sequence[str], task
         f"Mean ± sample std over seeds ({_n_text(ns)}; {_describe(cells)}); Δ = mean paired "
         f"difference from full CTAL ({full}). "
         + _test_sentence(len(tests), "holm", "worse than", full, _n_text(ns))
-        + " ↑ higher is better, ↓ lower is better.",
+        + budget_sentence(cells, [full, *variants], tasks) + " ↑ higher is better, ↓ lower is better.",
         [f"{t} {metrics[t]} {_arrow(metrics[t])}" for t in tasks])
     _compared_rows(table, cells, [full, *variants], metrics, tests, interval=False, worse_only=True)
     table.comparisons = _comparisons(tests, full, "holm")
@@ -234,7 +301,7 @@ def sweep_table(cells: pd.DataFrame, sweep: str, full: str, tasks: Sequence[str]
         f"sweep-{sweep}", f"Sweep over {sweep}",
         f"Mean [95% t-interval] over seeds ({_n_text(ns)}; {_describe(cells)}). "
         + _test_sentence(len(tests), "fdr_bh", "different from full CTAL", f"({full})", _n_text(ns))
-        + " ↑ higher is better, ↓ lower is better.",
+        + budget_sentence(cells, variants, tasks) + " ↑ higher is better, ↓ lower is better.",
         [f"{t} {metrics[t]} {_arrow(metrics[t])}" for t in tasks])
     _compared_rows(table, cells, variants, metrics, tests, interval=True, worse_only=False)
     table.comparisons = _comparisons(tests, full, "fdr_bh")
@@ -277,11 +344,54 @@ def per_example(cells: pd.DataFrame, models: Sequence[str], reference: str, runs
     return table
 
 
+def convergence(cells: pd.DataFrame, variants: Sequence[str], tasks: Sequence[str]) -> pd.DataFrame:
+    """Whether the budget was enough, one row per variant, task and budget: the cells, the budget,
+    the median selected epoch (1-based), how many cells are still improving
+    (``still_improving``) and how many stopped early (trained fewer epochs than the budget).
+    Counts are NA where no cell records what they need (records from before budgets were kept)."""
+    rows = []
+    for variant in variants:
+        for task in tasks:
+            own = cells[(cells["variant"] == variant) & (cells["task"] == task)]
+            for (epochs, patience), group in own.groupby(["epochs", "patience"], dropna=False):
+                known = group.dropna(subset=["best_epoch", "epochs"])
+                trained = group.dropna(subset=["epochs_trained", "epochs"])
+                rows.append({
+                    "variant": variant, "task": task, "cells": len(group), "epochs": epochs, "patience": patience,
+                    "median_best_epoch": (group["best_epoch"] + 1).median(),
+                    "still_improving": sum(still_improving(int(b), int(e))
+                                           for b, e in zip(known["best_epoch"], known["epochs"]))
+                    if len(known) else pd.NA,
+                    "stopped_early": int((trained["epochs_trained"] < trained["epochs"]).sum())
+                    if len(trained) else pd.NA})
+    columns = ["variant", "task", "cells", "epochs", "patience", "median_best_epoch", "still_improving",
+               "stopped_early"]
+    counts = ["epochs", "patience", "still_improving", "stopped_early"]
+    return pd.DataFrame(rows, columns=columns).astype({c: "Int64" for c in counts})
+
+
+def convergence_table(summary: pd.DataFrame) -> TableData:
+    """``convergence``'s rows as a table, one row per variant and task."""
+    table = TableData(
+        "convergence", "Convergence within the fine-tuning budget",
+        "Per variant and task, over seeds and folds: the cells, their budget (epochs, patience), the "
+        "median selected (best dev) epoch, 1-based; still improving: cells whose selected epoch lies in the "
+        f"last {float(LATE_SHARE):.0%} of the budget; stopped early: cells that stopped before the budget's "
+        "last epoch because dev stopped improving.",
+        ["task", "cells", "epochs", "patience", "median best epoch", "still improving", "stopped early"])
+    for row in summary.itertuples(index=False):
+        values = [row.task, row.cells, row.epochs, row.patience, row.median_best_epoch, row.still_improving,
+                  row.stopped_early]
+        table.rows.append((row.variant, [Entry("–" if pd.isna(v) else f"{v:g}" if isinstance(v, float) else str(v))
+                                         for v in values]))
+    return table
+
+
 # ---- rendering ----------------------------------------------------------------------------------
 
 def to_markdown(table: TableData) -> str:
     def cell(entry: Entry) -> str:
-        text = entry.text + entry.mark
+        text = entry.text + entry.mark + entry.flag
         return f"**{text}**" if entry.bold else text
 
     lines = [f"**{table.title}.** {table.caption}", "",
@@ -289,13 +399,15 @@ def to_markdown(table: TableData) -> str:
              "|" + "---|" + "---:|" * len(table.columns)]
     for label, entries in table.rows:
         lines.append("| " + " | ".join([label, *map(cell, entries)]) + " |")
+    for note in table.notes:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
 _LATEX_SYMBOLS = {"±": r"$\pm$", "†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$", "↑": r"$\uparrow$",
-                  "↓": r"$\downarrow$", "Δ": r"$\Delta$", "–": "--"}
+                  "↓": r"$\downarrow$", "Δ": r"$\Delta$", "–": "--", IMPROVING_MARK: r"\textsuperscript{s}"}
 
 
 def latex_escape(text: str) -> str:
@@ -308,7 +420,7 @@ def latex_escape(text: str) -> str:
 def to_latex(table: TableData) -> str:
     """A booktabs table (needs \\usepackage{booktabs})."""
     def cell(entry: Entry) -> str:
-        text = latex_escape(entry.text + entry.mark)
+        text = latex_escape(entry.text + entry.mark + entry.flag)
         return rf"\textbf{{{text}}}" if entry.bold else text
 
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
@@ -318,19 +430,21 @@ def to_latex(table: TableData) -> str:
              " & ".join(["", *map(latex_escape, table.columns)]) + r" \\", r"\midrule"]
     for label, entries in table.rows:
         lines.append(" & ".join([latex_escape(label), *map(cell, entries)]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [rf"\par\smallskip{{\footnotesize {latex_escape(note)}}}" for note in table.notes]
+    lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
 
 def to_rich(table: TableData):
     from rich.table import Table
 
-    out = Table(title=table.title, caption=table.caption)
+    out = Table(title=table.title, caption=" ".join([table.caption, *table.notes]))
     out.add_column("")
     for column in table.columns:
         out.add_column(column, justify="right")
     for label, entries in table.rows:
-        out.add_row(label, *[(f"[bold]{e.text}{e.mark}[/bold]" if e.bold else e.text + e.mark)
+        out.add_row(label, *[(f"[bold]{e.text}{e.mark}{e.flag}[/bold]" if e.bold else e.text + e.mark + e.flag)
                              for e in entries])
     return out
 

@@ -19,6 +19,9 @@ SWEEP_VALUES = (0.05, 0.3, 0.5)
 TASK_METRICS = {"emotion": ("ua", 0.6), "sentiment": ("mae", 0.8), "verification": ("eer", 0.2)}
 SEEDS = (0, 1, 2)
 TRIALS_PER_CELL = 60
+EPOCHS = 10
+PRETRAIN_EPOCHS = 6
+PRETRAINED_BY = {"ctal": "ctal", "no_fusion": "ctal"}  # variant -> whose pre-training it shares; tfn has none
 
 
 def _variants() -> list[tuple[str, str]]:
@@ -38,6 +41,23 @@ def _confusion(rng: np.random.Generator) -> list[list[int]]:
     return (rng.integers(0, 5, size=(4, 4)) + 10 * np.eye(4, dtype=int)).tolist()
 
 
+def _finetune_curve(rng: np.random.Generator, level: float) -> list[dict]:
+    """A dev curve rising towards ``level``, stopped early at a random epoch."""
+    epochs = int(rng.integers(5, EPOCHS + 1))
+    return [{"epoch": e, "train_task": 1.0 / (e + 1), "train_aux": 0.0, "train_loss": 1.0 / (e + 1),
+             "dev_score": level * (1 - np.exp(-(e + 1) / 3)) + 0.01 * rng.normal()} for e in range(epochs)]
+
+
+def _pretraining(variant: str, seed: int) -> tuple[dict | None, list[dict] | None]:
+    """(pre-training record, its curve): one per pre-trained config and seed, shared as the runner shares it."""
+    owner = PRETRAINED_BY.get(variant, variant if variant.startswith("mask_ratio") else None)
+    if owner is None:
+        return None, None
+    curve = [{"epoch": e, "train_mlm": 6.0 / (e + 1) + seed, "train_mam": 1.0 / (e + 1), "train_loss": 0.0}
+             for e in range(PRETRAIN_EPOCHS)]
+    return {"key": f"{owner}-seed{seed}", "reused": True}, curve
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> tuple[ResultsStore, list[dict]]:
     """A store holding every cell (3 seeds) of 6 variants x 3 tasks, plus verification predictions."""
@@ -48,11 +68,16 @@ def results(tmp_path_factory) -> tuple[ResultsStore, list[dict]]:
             for seed in SEEDS:
                 key = CellKey(SUITE, variant, task, "synth", "0", seed)
                 extra = {"confusion_matrix": _confusion(rng)} if task == "emotion" else {}
+                curve = _finetune_curve(rng, level)
+                pretrain, pretrain_curve = _pretraining(variant, seed)
                 store.write(key, {
                     "status": DONE, "config_hash": "h", "model": "ctal", "ablation": ablation,
                     "sweep_value": float(variant.split("=")[1]) if "=" in variant else None, "scale": "smoke",
                     "metrics": {"test": {metric: level + 0.05 * rng.normal()}}, "parameters": 1000,
-                    "timing": {"train_samples_per_second": float(rng.uniform(10, 1000))}, "best_epoch": 1,
+                    "timing": {"train_samples_per_second": float(rng.uniform(10, 1000))},
+                    "best_epoch": int(np.argmax([row["dev_score"] for row in curve])),
+                    "config": {"finetune": {"epochs": EPOCHS, "patience": 3}},
+                    "curves": {"finetune": curve, "pretrain": pretrain_curve}, "pretrain": pretrain,
                     "extra": extra})
                 if task == "verification":
                     store.write_predictions(key, _trials(rng, TRIALS_PER_CELL))
@@ -168,4 +193,68 @@ def test_write_all_writes_every_figure(results, cells, tmp_path):
     paths = plots.write_all(small, small_records, store.root / "runs", tmp_path, sweeps=["mask_ratio"])
     kinds = ("seeds", "throughput", "sweep-mask_ratio")
     per_task = {f"{kind}-{task}" for kind in kinds for task in TASK_METRICS}
-    _assert_figures(paths, per_task | {"confusion-ctal", "det-verification"})
+    curves = {f"curves-{task}" for task in TASK_METRICS}
+    _assert_figures(paths, per_task | curves | {"confusion-ctal", "det-verification", "pretrain-curves"})
+
+
+def test_finetune_curves_one_row_per_epoch_and_the_selected_epoch_marked(results):
+    records = [r for r in results[1] if r["status"] == DONE]
+    curves = plots.finetune_curves(records)
+    assert len(curves) == sum(len(r["curves"]["finetune"]) for r in records)
+    selected = curves[curves["selected"]]
+    assert len(selected) == len(records)  # one per cell, 1-based
+    assert sorted(selected["epoch"]) == sorted(r["best_epoch"] + 1 for r in records)
+    assert (curves["budget"] == EPOCHS).all()
+
+
+def test_learning_curves_one_figure_per_task_and_none_without_curves(results, tmp_path):
+    _, records = results
+    _assert_figures(plots.learning_curves(records, tmp_path), {f"curves-{task}" for task in TASK_METRICS})
+    no_curves = [{k: v for k, v in r.items() if k != "curves"} for r in records]
+    assert plots.learning_curves(no_curves, tmp_path / "none") == []
+    assert plots.pretrain_curves(no_curves, tmp_path / "none") == []
+    assert not (tmp_path / "none").exists()
+
+
+def test_learning_curves_of_many_variants_and_budgets(results, tmp_path):
+    """18 variants (a paper suite's count) in one figure; one variant with its own budget."""
+    _, records = results
+    many = []
+    for copy in range(3):
+        for r in records:
+            if r["status"] == DONE and r["cell"]["task"] == "emotion":
+                budget = {"epochs": 20, "patience": 5} if r["cell"]["variant"] == "tfn" and copy == 0 else None
+                many.append({**r, "cell": {**r["cell"], "variant": f"{r['cell']['variant']}-{copy}"},
+                             "config": {"finetune": budget} if budget else r["config"]})
+    _assert_figures(plots.learning_curves(many, tmp_path), {"curves-emotion"})
+
+
+def test_pretrain_runs_count_each_pretraining_once_and_group_its_seeds():
+    from_fixture = []
+    for variant in ("ctal", "no_fusion", "tfn", "mask_ratio=0.3"):
+        for task in TASK_METRICS:
+            for seed in SEEDS:
+                pretrain, curve = _pretraining(variant, seed)
+                from_fixture.append({"status": DONE, "cell": {"variant": variant, "task": task},
+                                     "pretrain": pretrain, "curves": {"finetune": [], "pretrain": curve}})
+    runs = plots.pretrain_runs(from_fixture)
+    assert {label: len(curves) for label, curves in runs.items()} == {"ctal, no_fusion": 3, "mask_ratio=0.3": 3}
+    assert sorted(c[0]["train_mlm"] for c in runs["ctal, no_fusion"]) == [6.0, 7.0, 8.0]  # a curve per seed
+
+
+def test_pretrain_runs_name_tasks_where_variants_alone_are_ambiguous():
+    """Per-task settings (say, tuned ones) make a pre-training per task: same variant, two configs."""
+    def used(task, seed):
+        return {"status": DONE, "cell": {"variant": "ctal", "task": task}, "pretrain": {"key": f"{task}{seed}"},
+                "curves": {"pretrain": [{"epoch": 0, "train_mlm": 1.0, "train_mam": 1.0}]}}
+
+    runs = plots.pretrain_runs([used(task, seed) for task in ("emotion", "sentiment") for seed in SEEDS])
+    assert {label: len(curves) for label, curves in runs.items()} == {"ctal (emotion)": 3, "ctal (sentiment)": 3}
+
+
+def test_pretrain_curves_written_only_where_a_pretraining_is(results, tmp_path):
+    _, records = results
+    _assert_figures(plots.pretrain_curves(records, tmp_path), {"pretrain-curves"})
+    baselines = [r for r in records if r["cell"]["variant"] == "tfn"]
+    assert plots.pretrain_curves(baselines, tmp_path / "none") == []
+    _assert_figures(plots.learning_curves(baselines, tmp_path / "tfn"), {f"curves-{t}" for t in TASK_METRICS})

@@ -23,12 +23,17 @@ def registered():
     catalog.load()
 
 
-def record(variant, task, seed, metrics, suite="paper", ablation=""):
+def record(variant, task, seed, metrics, suite="paper", ablation="", best_epoch=1, epochs=10, patience=3,
+           trained=None, fold="0"):
+    """A finished cell; it trained ``trained`` epochs (default: the whole budget)."""
     sweep_value = float(variant.split("=")[1]) if "=" in variant else None
+    curve = [{"epoch": e, "train_loss": 1.0, "dev_score": 0.5} for e in range(epochs if trained is None else trained)]
     return {"status": "done", "config_hash": f"h{seed}", "model": "ctal" if ablation else variant,
             "ablation": ablation, "sweep_value": sweep_value, "scale": "cpu", "metrics": {"dev": metrics, "test": metrics},
-            "parameters": 1000, "timing": {"train_samples_per_second": 100.0}, "best_epoch": 1,
-            "cell": {"suite": suite, "variant": variant, "task": task, "dataset": "synth", "fold": "0",
+            "parameters": 1000, "timing": {"train_samples_per_second": 100.0}, "best_epoch": best_epoch,
+            "config": {"finetune": {"epochs": epochs, "patience": patience}},
+            "curves": {"finetune": curve, "pretrain": None},
+            "cell": {"suite": suite, "variant": variant, "task": task, "dataset": "synth", "fold": fold,
                      "seed": seed}}
 
 
@@ -153,6 +158,103 @@ def test_latex_compiles_with_pdflatex(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:]
 
 
+def test_still_improving_is_the_last_fifth_of_the_budget():
+    assert not tables.still_improving(7, 10)  # the 8th of 10 epochs
+    assert tables.still_improving(8, 10) and tables.still_improving(9, 10)
+    assert not tables.still_improving(23, 30) and tables.still_improving(24, 30)  # the 25th of 30
+    assert tables.still_improving(0, 1) and not tables.still_improving(0, 5) and tables.still_improving(4, 5)
+
+
+def late(best_epochs: dict[str, tuple[int, ...]], ablation: dict[str, str] | None = None, **budget) -> pd.DataFrame:
+    """Cells of each variant on emotion, seed i selecting ``best_epochs[variant][i]`` (0-based)."""
+    metrics = {"wa": 0.6, "ua": 0.6}
+    return frame([record(variant, "emotion", seed, metrics, best_epoch=b, ablation=(ablation or {}).get(variant, ""),
+                         **budget)
+                  for variant, bests in best_epochs.items() for seed, b in enumerate(bests)])
+
+
+def test_still_improving_mark_needs_two_seeds_in_the_last_fifth():
+    best_epochs = {"two_late": (8, 9, 2), "boundary": (8, 7, 7), "one_late": (9, 1, 1), "none": (1, 2, 3)}
+    cells = late(best_epochs)
+    assert [tables.improving_seeds(cells, v, "emotion") for v in best_epochs] == [2, 1, 1, 0]
+    table = tables.main_table(cells, list(best_epochs), ["emotion"], "none", aso=False)
+    flags = {label.removesuffix(" (reference)"): [e.flag for e in entries] for label, entries in table.rows}
+    assert flags == {"two_late": ["ˢ", "", "", ""], "boundary": [""] * 4, "one_late": [""] * 4, "none": [""] * 4}
+    assert table.notes == [tables.IMPROVING_NOTE] and "at least 2 seeds" in tables.IMPROVING_NOTE
+    md = tables.to_markdown(table)
+    assert "0.000ˢ" in md and md.rstrip().endswith(tables.IMPROVING_NOTE)
+    tex = tables.to_latex(table)
+    assert r"0.000\textsuperscript{s}" in tex and r"\footnotesize \textsuperscript{s} best dev epoch" in tex
+    quiet = tables.main_table(cells, ["boundary", "none"], ["emotion"], "none", aso=False)
+    assert quiet.notes == [] and "ˢ" not in tables.to_markdown(quiet)
+
+
+def test_still_improving_counts_seeds_not_folds():
+    metrics = {"wa": 0.6, "ua": 0.6}
+    cells = frame([record("ctal", "emotion", 0, metrics, best_epoch=9, fold=fold) for fold in "12"]
+                  + [record("ctal", "emotion", 1, metrics, best_epoch=2, fold=fold) for fold in "12"])
+    assert tables.improving_seeds(cells, "ctal", "emotion") == 1
+
+
+def test_ablation_and_sweep_tables_mark_still_improving_variants():
+    cells = late({"ctal": (1, 1), "no_fusion": (9, 8), "mask_ratio=0.3": (8, 8)},
+                 ablation={"no_fusion": "no_fusion", "mask_ratio=0.3": "mask_ratio"})
+    ablations = tables.ablation_table(cells, "ctal", ["no_fusion"], ["emotion"], aso=False)
+    assert [e.flag for _, entries in ablations.rows for e in entries] == ["", "ˢ"] and ablations.notes
+    sweep = tables.sweep_table(cells, "mask_ratio", "ctal", ["emotion"], aso=False)
+    assert [e.flag for _, entries in sweep.rows for e in entries] == ["ˢ"] and sweep.notes
+
+
+def test_captions_state_the_budget():
+    cells = late({"ctal": (1, 1), "late_fusion": (1, 1)})
+    caption = tables.main_table(cells, ["ctal", "late_fusion"], ["emotion"], "late_fusion", aso=False).caption
+    assert ("Budget: up to 10 epochs, early stopping after 3 epochs without dev improvement, best dev epoch "
+            "selected.") in caption
+    cells = late({"ctal": (1, 1), "no_fusion": (1, 1)}, ablation={"no_fusion": "no_fusion"}, epochs=8, patience=8)
+    caption = tables.ablation_table(cells, "ctal", ["no_fusion"], ["emotion"], aso=False).caption
+    assert "Budget: 8 epochs without early stopping, best dev epoch selected." in caption  # patience >= epochs
+    old = [{k: v for k, v in r.items() if k != "config"} for r in fabricate(np.random.default_rng(0), {"a": 0.0})]
+    assert "Budget" not in tables.main_table(frame(old), ["a"], ["emotion"], "a", aso=False).caption  # unknown
+
+
+def test_captions_name_who_got_which_budget_where_budgets_differ():
+    metrics = {"wa": 0.6, "ua": 0.6, "mae": 0.8, "corr": 0.7}
+    records = [record(v, task, seed, metrics) for v in ("ctal", "late_fusion") for task in ("emotion", "sentiment")
+               for seed in range(2)]
+    records += [record("tfn", task, seed, metrics, epochs=25, patience=8) for task in ("emotion", "sentiment")
+                for seed in range(2)]
+    records += [record("lmf", "emotion", seed, metrics) for seed in range(2)]
+    records += [record("lmf", "sentiment", seed, metrics, epochs=25, patience=8) for seed in range(2)]
+    table = tables.main_table(frame(records), ["ctal", "late_fusion", "tfn", "lmf"], ["emotion", "sentiment"],
+                              "late_fusion", aso=False)
+    assert ("Budgets differ: up to 10 epochs, early stopping after 3 epochs without dev improvement for ctal, "
+            "late_fusion, lmf (emotion); up to 25 epochs, early stopping after 8 epochs without dev improvement "
+            "for tfn, lmf (sentiment); best dev epoch selected.") in table.caption
+
+
+def test_convergence_counts_match_a_hand_count():
+    metrics = {"wa": 0.6, "ua": 0.6}
+    records = [record("ctal", "emotion", 0, metrics, best_epoch=9),  # 10th of 10: improving
+               record("ctal", "emotion", 1, metrics, best_epoch=8),  # 9th: improving
+               record("ctal", "emotion", 2, metrics, best_epoch=3, trained=7),  # stopped early at 7
+               record("ctal", "emotion", 3, metrics, best_epoch=7),  # 8th: not improving
+               record("tfn", "emotion", 0, metrics, best_epoch=2, epochs=25, patience=8, trained=11),
+               record("tfn", "emotion", 1, metrics, best_epoch=24, epochs=25, patience=8)]
+    old = record("lmf", "emotion", 0, metrics, best_epoch=4)
+    del old["config"], old["curves"]  # a record from before budgets were kept
+    summary = tables.convergence(frame(records + [old]), ["ctal", "tfn", "lmf", "absent"], ["emotion"])
+    assert summary.to_dict("records") == [
+        {"variant": "ctal", "task": "emotion", "cells": 4, "epochs": 10, "patience": 3, "median_best_epoch": 8.5,
+         "still_improving": 2, "stopped_early": 1},
+        {"variant": "tfn", "task": "emotion", "cells": 2, "epochs": 25, "patience": 8, "median_best_epoch": 14.0,
+         "still_improving": 1, "stopped_early": 1},
+        {"variant": "lmf", "task": "emotion", "cells": 1, "epochs": None, "patience": None,  # NA
+         "median_best_epoch": 5.0, "still_improving": None, "stopped_early": None}]
+    rendered = tables.to_markdown(tables.convergence_table(summary))
+    assert "| ctal | emotion | 4 | 10 | 3 | 8.5 | 2 | 1 |" in rendered
+    assert "| lmf | emotion | 1 | – | – | 5 | – | – |" in rendered
+
+
 def test_report_writes_tables_for_every_suite_and_prints_the_main_table(tmp_path):
     rng = np.random.default_rng(5)
     store = ResultsStore(tmp_path)
@@ -164,11 +266,16 @@ def test_report_writes_tables_for_every_suite_and_prints_the_main_table(tmp_path
     assert frame_rows == len(records)
     written = report(tmp_path, declarations.load(), ["paper"], figures=False)
     names = sorted(p.name for p in written)
-    assert {"main.md", "main.tex", "ablations.md", "ablations.tex", "main.comparisons.csv"} <= set(names)
+    assert {"main.md", "main.tex", "ablations.md", "ablations.tex", "main.comparisons.csv", "convergence.md",
+            "convergence.tex", "convergence.csv"} <= set(names)
     main = (tmp_path / "tables" / "paper" / "main.md").read_text()
     assert main.index("| ctal") < main.index("| late_fusion")  # the suite's declared order
     comparisons = pd.read_csv(tmp_path / "tables" / "paper" / "main.comparisons.csv")
     assert set(comparisons["variant"]) == {"ctal"} and (comparisons["n"] == 3).all()
+    assert "Budget: up to 10 epochs, early stopping after 3 epochs" in main
+    convergence = pd.read_csv(tmp_path / "tables" / "paper" / "convergence.csv")
+    assert list(convergence["variant"].drop_duplicates()) == ["ctal", "late_fusion", "no_fusion"]
+    assert (convergence["cells"] == 3).all() and (convergence["still_improving"] == 0).all()
 
 
 def test_report_joins_profile_results_into_the_main_table(tmp_path):
