@@ -2,7 +2,8 @@
 
 Any file may hold any of ``[ablation.NAME]``, ``[suite.NAME]``, ``[scale.NAME]``,
 ``[model.NAME]`` (a registered model's own training settings, e.g. a baseline's published
-learning rate) and ``[search.NAME]`` (a registered model's tuning search space). Every entry
+learning rate), ``[search.NAME]`` (a registered model's tuning search space) and
+``[control.NAME]`` (an effect planted in the data that a suite should, or should not, detect). Every entry
 is validated on load: an unknown key, an unknown model, task or dataset, or an override of a
 config key that does not exist is a UserError naming the file and the entry. Nothing is skipped
 silently.
@@ -30,6 +31,9 @@ class Variant:
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted config keys
     ablation: str = ""  # the declaring ablation, "" for a plain model
     sweep_value: Any = None  # the swept key's value, for a sweep's variants
+    # Added to each cell's seed: the cell of seed i runs with seed i + offset, and is still paired
+    # with the other variants' seed i (the negative control: the same model on another seed list).
+    seed_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,13 @@ class Ablation:
     overrides: dict[str, Any] = field(default_factory=dict)
     sweep: str = ""  # a config key swept over ``values``
     values: tuple = ()
+    seed_offset: int = 0
 
     def variants(self) -> list[Variant]:
         if self.sweep:
-            return [Variant(f"{self.name}={v}", self.model, {**self.overrides, self.sweep: v}, self.name, v)
-                    for v in self.values]
-        return [Variant(self.name, self.model, dict(self.overrides), self.name)]
+            return [Variant(f"{self.name}={v}", self.model, {**self.overrides, self.sweep: v}, self.name, v,
+                            self.seed_offset) for v in self.values]
+        return [Variant(self.name, self.model, dict(self.overrides), self.name, seed_offset=self.seed_offset)]
 
 
 @dataclass(frozen=True)
@@ -106,24 +111,51 @@ class SearchSpace:
 
 
 @dataclass(frozen=True)
+class Control:
+    """A planted effect as a family of paired comparisons: each of ``better`` against each of
+    ``worse`` on one task's ``metric`` (over ``subset`` of the test set, "" = all of it), on the
+    dataset it is planted in. ``expect`` "better": the first should win; "none": no difference
+    (a negative control)."""
+
+    name: str
+    summary: str
+    source: Path
+    task: str
+    metric: str
+    better: tuple[str, ...]
+    worse: tuple[str, ...]
+    subset: str = ""
+    expect: str = "better"
+    dataset: str = "synth"
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(a, b) for a in self.better for b in self.worse if a != b]
+
+
+EXPECTATIONS = ("better", "none")
+
+
+@dataclass(frozen=True)
 class Declarations:
     ablations: Registry
     suites: Registry
     scales: Registry
     models: Registry  # Settings by model name; a model without an entry uses the defaults
     search_spaces: Registry  # SearchSpace by model name
+    controls: Registry  # Control by name
 
 
 _KEYS = {
-    "ablation": {"summary", "version", "model", "drop", "set", "sweep", "values", "extends"},
+    "ablation": {"summary", "version", "model", "drop", "set", "sweep", "values", "extends", "seed_offset"},
     "suite": {"summary", "version", "models", "ablations", "tasks", "datasets", "seeds", "scale", "set",
               "budget_exceptions"},
     "scale": {"summary", "set", "extends"},
     "model": {"summary", "set"},
     "search": {"summary", "space"},
+    "control": {"summary", "task", "metric", "subset", "better", "worse", "expect", "dataset"},
 }
 _REQUIRED = {"ablation": {"summary"}, "suite": {"summary", "tasks"}, "scale": {"summary"}, "model": {"summary"},
-             "search": {"summary", "space"}}
+             "search": {"summary", "space"}, "control": {"summary", "task", "metric", "better", "worse"}}
 # The training budget: every model and ablation in a suite fine-tunes with the same maximum epochs
 # and early-stopping rule, so only a scale, a suite (for all its variants alike, or as a declared
 # exception) or --set may give them; a model's settings, an ablation or a search space may not.
@@ -207,7 +239,7 @@ def load(directory: Path | None = None) -> Declarations:
     for path in files:
         for kind, entries in load_toml(path).items():
             if kind not in _KEYS:
-                raise UserError(f"{path}: unknown table [{kind}]; expected ablation, suite, scale, model or search")
+                raise UserError(f"{path}: unknown table [{kind}]; expected {', '.join(_KEYS)}")
             if not isinstance(entries, dict):
                 raise UserError(f"{path}: [{kind}] must hold named entries like [{kind}.NAME]")
             for name, body in entries.items():
@@ -267,7 +299,11 @@ def load(directory: Path | None = None) -> Declarations:
             models=model_names, ablations=ablation_names,
             tasks=e.names("tasks", TASKS, ()), datasets=dict(datasets), seeds=seeds, scale=scale,
             overrides=e.overrides(e.get("set", dict, {})), budget_exceptions=exceptions))
-    return Declarations(ablations, suites, scales, models, search_spaces)
+    controls = Registry("control")
+    variant_names = set(MODELS) | {v.name for a in ablations for v in ablations.get(a).variants()}
+    for name, e in raw["control"].items():
+        controls.add(name, _control(e, variant_names))
+    return Declarations(ablations, suites, scales, models, search_spaces, controls)
 
 
 def _extended(e: _Entry, all_entries: dict[str, _Entry]) -> _Entry:
@@ -302,7 +338,32 @@ def _ablation(e: _Entry, all_entries: dict[str, _Entry]) -> Ablation:
         e.overrides({sweep: value})  # each swept value must fit the key's type
     return Ablation(e.name, e.get("summary", str), e.source, version=e.get("version", int, 1),
                     model=model, drop=e.get("drop", str, ""), overrides=overrides, sweep=sweep,
-                    values=values)
+                    values=values, seed_offset=e.get("seed_offset", int, 0))
+
+
+def _control(e: _Entry, variant_names: set[str]) -> Control:
+    task = e.get("task", str)
+    if task not in TASKS:
+        e.fail(TASKS.unknown_message(task))
+    metric = e.get("metric", str)
+    if metric not in TASKS.get(task).metric_names:
+        e.fail(f"metric {metric!r} is not one of {task}'s: {', '.join(TASKS.get(task).metric_names)}")
+    sides = {}
+    for side in ("better", "worse"):
+        names = e.get(side, list)
+        unknown = [n for n in names if n not in variant_names]
+        if not names or unknown:
+            e.fail(f"{side!r} expects a non-empty list of models or ablation variants"
+                   + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else ""))
+        sides[side] = tuple(names)
+    expect = e.get("expect", str, "better")
+    if expect not in EXPECTATIONS:
+        e.fail(f"expect {expect!r}: expected one of {', '.join(EXPECTATIONS)}")
+    dataset = e.get("dataset", str, "synth")
+    if dataset not in DATASETS:
+        e.fail(DATASETS.unknown_message(dataset))
+    return Control(e.name, e.get("summary", str), e.source, task, metric, sides["better"], sides["worse"],
+                   e.get("subset", str, ""), expect, dataset)
 
 
 def _search_space(e: _Entry) -> SearchSpace:

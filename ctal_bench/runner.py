@@ -169,7 +169,7 @@ def cell_config(decl: Declarations, suite: Suite, request: Request, variant: Var
     cfg = apply_overrides(cfg, variant.overrides)
     cfg = apply_overrides(cfg, suite.budget_exceptions.get(variant.name, {}))
     cfg = apply_overrides(cfg, list(request.overrides))
-    return at_coordinates(cfg, variant.model, dataset, seed, request.device)
+    return at_coordinates(cfg, variant.model, dataset, seed + variant.seed_offset, request.device)
 
 
 def at_coordinates(cfg: Config, model: str, dataset: str, seed: int, device: str | None) -> Config:
