@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="build the embedded dataset or check a real one")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     q = data_sub.add_parser("synth", help="build (or verify) the embedded synthetic dataset")
-    q.add_argument("--size", default="default", help="tiny, default or large")
+    q.add_argument("--size", default="default", help="tiny, small, default or large")
     q.add_argument("--workers", type=int, default=2)
     q.add_argument("--probe", action="store_true", help="also run the linear calibration probes")
     _data_arg(q)

@@ -58,7 +58,7 @@ class FeatureConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synth"
-    size: str = "default"  # synth only: tiny | default | large
+    size: str = "default"  # synth only: tiny | small | default | large
     fold: str = ""  # "" = every fold of the task
     pretrain_dataset: str = ""  # "" = the task's dataset when it has a pre-training corpus
     vocab_size: int = 1000  # 30,000 at paper scale

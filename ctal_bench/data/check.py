@@ -32,6 +32,9 @@ class SplitCounts:
     test: int
     dev_trials: int = 0
     test_trials: int = 0
+    # Named subsets (Example.subsets, e.g. synth's "transfer") -> utterances in dev and test.
+    dev_subsets: dict[str, int] = field(default_factory=dict)
+    test_subsets: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,10 @@ def sentiment_bin(label: float) -> int:
     return int(round(min(3.0, max(-3.0, label))))
 
 
+def _subset_counts(examples) -> dict[str, int]:
+    return dict(sorted(Counter(name for e in examples for name in e.subsets).items()))
+
+
 def summarise(dataset: Dataset, fmt: str) -> DatasetSummary:
     used: dict[str, Example] = {}
     splits = []
@@ -71,7 +78,8 @@ def summarise(dataset: Dataset, fmt: str) -> DatasetSummary:
             for example in split.train + split.dev + split.test:
                 used[example.uid] = example
             splits.append(SplitCounts(task, fold, len(split.train), len(split.dev), len(split.test),
-                                      len(split.dev_trials), len(split.test_trials)))
+                                      len(split.dev_trials), len(split.test_trials),
+                                      _subset_counts(split.dev), _subset_counts(split.test)))
     n_pretraining = None
     if dataset.has_pretraining:
         corpus = dataset.pretraining()
@@ -116,6 +124,10 @@ def render(summary: DatasetSummary) -> Group:
                            f"{summary.n_examples} utterances, {n_speakers} speakers")
     if summary.n_pretraining is not None:
         header.append(f", {summary.n_pretraining} in the pre-training corpus")
+        largest_train = max((s.train for s in summary.splits), default=0)
+        if largest_train:
+            header.append(f" ({summary.n_pretraining / largest_train:.1f}x the largest labelled "
+                          f"training split, {largest_train})")
     parts: list[Any] = [header]
 
     splits = Table(title="Splits (seed 0)", title_justify="left")
@@ -125,9 +137,16 @@ def render(summary: DatasetSummary) -> Group:
     if has_trials:
         splits.add_column("dev trials", justify="right")
         splits.add_column("test trials", justify="right")
+    subsets = sorted({name for s in summary.splits for name in (*s.dev_subsets, *s.test_subsets)})
+    for name in subsets:
+        splits.add_column(f"dev {name}", justify="right")
+        splits.add_column(f"test {name}", justify="right")
     for s in summary.splits:
         row = [s.task, s.fold, str(s.train), str(s.dev), str(s.test)]
-        splits.add_row(*row, *([str(s.dev_trials), str(s.test_trials)] if has_trials else []))
+        row += [str(s.dev_trials), str(s.test_trials)] if has_trials else []
+        for name in subsets:
+            row += [str(s.dev_subsets.get(name, 0)), str(s.test_subsets.get(name, 0))]
+        splits.add_row(*row)
     parts.append(splits)
 
     if summary.emotions:

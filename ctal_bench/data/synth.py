@@ -1,14 +1,36 @@
-"""The embedded synthetic speech dataset ``synth``: generated offline with eSpeak NG.
+"""The embedded synthetic speech dataset ``synth`` (version 2): generated offline with eSpeak NG.
 
-Labels are defined so that we know which modality carries what:
+Labels are defined so that we know which modality carries what, and version 2 plants the
+effects the paper's claims are about, each with a known mechanism and size, so that a model
+*can* show them; whether it does is measured, never forced.
 
 - Text carries valence. Templated sentences hold a positive or negative adjective, or a
-  neutral phrase, and in half of them a negation ("was not", "wasn't", ...) next to it, so
-  polarity is compositional: valence = adjective polarity x (-1 if negated).
+  neutral phrase; in NEGATION_RATE (a fifth) of them a negation ("was not", "wasn't", ...)
+  stands next to it, and valence = adjective polarity x (-1 if negated). Negation is a
+  minority on purpose: in version 1 it was in half the sentences, so adjective polarity alone
+  said nothing about the sign, the first-order gradient of the sentiment loss at the mean
+  predictor was zero and every model sat on a plateau. Now the adjective alone is right 80%
+  of the time (first-order signal) and composition with the negation is still needed beyond.
+- Distributional structure. With probability COMPANION_RATE a sentence ends with a companion
+  clause, as real reviews do ("... i loved it", "... and i want my money back"): on a polar
+  sentence its polarity agrees with the valence with probability COMPANION_AGREEMENT (else
+  it has the other sign); a neutral sentence gets a neutral one. So polarity words of one
+  sign share contexts, and masked language modelling on unlabelled transcripts can place
+  them near each other.
+- Planted lexical transfer. TRANSFER_WORDS (5 positive and 5 negative adjectives) occur in
+  the pre-training, dev, test and verification transcripts but never in the labelled
+  training ones (role "train" draws its adjectives from the other words only). A row's
+  ``transfer`` column is 1 when its transcript holds one; those examples carry the subset
+  "transfer", on which a from-scratch model has never seen the polarity word and a
+  pre-trained one may have learnt where it belongs.
 - Prosody carries arousal. Each speaker (an accent x variant voice) has its own baseline
   pitch, pitch range, rate and volume; an utterance's arousal level moves all four away from
   that baseline (low / high / very high = -1, +1, +2 units times STRENGTH, plus Gaussian
   jitter of JITTER units per parameter), so arousal is only readable relative to the speaker.
+- Planted prosody-text link. An exclamation (MARKERS: "wow", "oh my god", ...) opens the
+  sentence with probability MARKER_RATES[high] given the arousal, so about three in four
+  sentences with a marker are high-arousal: cross-modal masked acoustic modelling can use
+  the words, while text alone still guesses arousal only weakly (about 2 in 3).
 - emotion = valence x arousal: happy = non-negative & high, angry = negative & high,
   sad = negative & low, neutral = non-negative & low (a neutral phrase said with high arousal
   is happy). Then EMOTION_FLIP_RATE of the emotion labels are replaced by a different class
@@ -16,10 +38,16 @@ Labels are defined so that we know which modality carries what:
 - sentiment = sign(valence) x (arousal level + 1) + noise, clipped to [-3, 3], with level
   0 / 1 / 2 = low / high / very high and noise ~ N(0, SENTIMENT_NOISE) clipped at +-2.5 SD,
   so that noise never flips the sign: the sign of a polar sentence's score is its valence.
+  The score is a product of the modalities, which rewards models that multiply them.
 - verification: speaker identity.
+- Scarce labels, abundant unlabelled speech: the pre-training pool holds at least
+  PRETRAIN_RATIO times the labelled training utterances at every size (version 1 had fewer).
 
 Speaker roles are disjoint: pre-training, fine-tuning train / dev / test, and held-out
-verification speakers. Everything follows from the size name and GENERATION_SEED.
+verification speakers; each role has its own number of utterances per speaker. Speaker i
+speaks with accent i % 8 and variant i % 13, so voices repeat only from speaker 104 on, and
+any 8 consecutive speakers cover every accent. Everything follows from the size name and
+GENERATION_SEED.
 
 On-disk layout under ``<data_dir>/synth-<size>/``:
     audio/<speaker>/<uid>.flac   22,050 Hz int16 mono
@@ -58,43 +86,63 @@ from ctal_bench.registry import DATASETS
 
 SAMPLE_RATE = 22050
 GENERATION_SEED = 2021
-FORMAT_VERSION = 1  # bump when the layout or the synthesis call changes
+FORMAT_VERSION = 2  # bump when the layout, the text or the synthesis call changes
 
 # --- sizes -----------------------------------------------------------------------------------
 
 ROLES = ("pretrain", "train", "dev", "test", "verify")
+LABELLED_ROLES = ("train", "dev", "test")
+PRETRAIN_RATIO = 8  # at least this many pre-training utterances per labelled training one
 
 
 @dataclass(frozen=True)
 class SynthSize:
-    """Speakers per role (contiguous blocks in ROLES order) and utterances per speaker."""
+    """(speakers, utterances per speaker) for each role; speakers are contiguous blocks in ROLES order."""
 
-    pretrain: int
-    train: int
-    dev: int
-    test: int
-    verify: int
-    utterances_per_speaker: int
+    pretrain: tuple[int, int]
+    train: tuple[int, int]
+    dev: tuple[int, int]
+    test: tuple[int, int]
+    verify: tuple[int, int]
     n_trials: int  # verification trials in each of the dev and test lists
 
     @property
     def n_speakers(self) -> int:
         return sum(self.speakers_per_role().values())
 
+    @property
+    def n_utterances(self) -> int:
+        return sum(self.utterances_per_role().values())
+
     def speakers_per_role(self) -> dict[str, int]:
-        return {role: getattr(self, role) for role in ROLES}
+        return {role: getattr(self, role)[0] for role in ROLES}
+
+    def utterances_per_speaker(self) -> dict[str, int]:
+        return {role: getattr(self, role)[1] for role in ROLES}
+
+    def utterances_per_role(self) -> dict[str, int]:
+        return {role: getattr(self, role)[0] * getattr(self, role)[1] for role in ROLES}
 
 
-# Blocks of 8 consecutive speakers cover all 8 accents (accent = index % 8), so the default
-# and large dev / test / verify groups hold every accent. Default has 40 labelled speakers
-# (train + dev + test), the count SYNTH-NOTES found to keep fold-to-fold spread near +-1.
+# Per-speaker counts are multiples of 8 where possible, so a speaker's arousal and valence
+# shares come out exact. Any 8 consecutive speakers cover all 8 accents, so the small, default
+# and large dev / test / verify groups hold every accent. Speaker i has voice i % 8 x i % 13:
+# up to 104 speakers all voices differ; in `large` speakers 104-127 (pre-training) and the 80
+# labelled and verification speakers repeat voices of pre-training speakers 0-103, with their
+# own baselines (never a voice shared between two labelled or verification speakers).
 SIZES: dict[str, SynthSize] = {
-    "tiny": SynthSize(pretrain=4, train=8, dev=4, test=4, verify=4,
-                      utterances_per_speaker=16, n_trials=200),  # 384 utterances, for unit tests
-    "default": SynthSize(pretrain=16, train=24, dev=8, test=8, verify=8,
-                         utterances_per_speaker=64, n_trials=2000),  # 4,096 utterances
-    "large": SynthSize(pretrain=32, train=48, dev=16, test=16, verify=16,
-                       utterances_per_speaker=96, n_trials=4000),  # 12,288 utterances
+    # unit tests: 384 utterances, a few seconds
+    "tiny": SynthSize(pretrain=(8, 32), train=(4, 8), dev=(4, 8), test=(4, 8), verify=(4, 8),
+                      n_trials=200),
+    # the smoke suite: 2,752 utterances, about half of default's
+    "small": SynthSize(pretrain=(32, 48), train=(16, 12), dev=(8, 48), test=(8, 48), verify=(8, 32),
+                       n_trials=1000),
+    # 5,376 utterances, 104 speakers with distinct voices
+    "default": SynthSize(pretrain=(64, 56), train=(16, 24), dev=(8, 64), test=(8, 64), verify=(8, 48),
+                         n_trials=2000),
+    # 12,032 utterances
+    "large": SynthSize(pretrain=(128, 64), train=(32, 32), dev=(16, 64), test=(16, 64), verify=(16, 48),
+                       n_trials=4000),
 }
 
 # --- voices and prosody ----------------------------------------------------------------------
@@ -141,14 +189,33 @@ POSITIVE = ("good", "great", "wonderful", "excellent", "lovely", "amazing", "ple
 NEGATIVE = ("bad", "terrible", "awful", "horrible", "boring", "dull", "poor", "disappointing",
             "annoying", "dreadful", "ugly", "useless", "miserable", "unpleasant", "rude",
             "painful", "lousy", "weak", "broken", "mediocre")
+# Never in a labelled training transcript; in pre-training, dev, test and verification ones.
+TRANSFER_WORDS = ("lovely", "brilliant", "delightful", "superb", "charming",
+                  "awful", "annoying", "dreadful", "miserable", "lousy")
 NEUTRAL = ("made of wood", "on the table", "in the kitchen", "from last year",
            "about three metres long", "painted blue", "next to the door", "on tuesday",
            "in the other room", "written in english", "for sale", "in the box", "round",
            "near the station", "the same as before")
 NEGATIONS = {"was": ("was not", "was never", "wasn't", "was really not"),
              "is": ("is not", "is never", "isn't", "is really not")}
-NEGATION_RATE = 0.5  # of all sentences, polar and neutral alike: negation alone says nothing
+NEGATION_RATE = 0.2  # of all sentences, polar and neutral alike (version 1: 0.5)
 VALENCE_SHARES = {-1: 0.5, 1: 0.375, 0: 0.125}  # a quarter of the non-negative half neutral
+# Companion clauses appended to the sentence, by polarity; ordinary words, none of them a
+# polarity adjective, a negation or a marker.
+COMPANIONS = {
+    1: ("and i would recommend it", "i loved it", "what a joy", "we will come back",
+        "it made my day", "and i enjoyed every minute", "worth every penny", "i smiled all day"),
+    -1: ("and i want my money back", "i hated it", "what a waste", "we will stay away",
+         "it ruined my day", "and i regretted every minute", "a total rip off", "i wanted to leave early"),
+    0: ("and that is all", "as i said before", "if you ask me", "for what it is worth",
+        "as far as i know", "or so they say", "just so you know", "at least that is what i saw"),
+}
+COMPANION_RATE = 0.6  # of all sentences; a neutral sentence's companion is neutral
+COMPANION_AGREEMENT = 0.85  # on a polar sentence: P(companion polarity == valence)
+# Exclamations that open the sentence, more often under high arousal (level >= 1):
+# P(high | marker) = 0.5 * 0.5 / (0.5 * 0.5 + 0.5 * 0.15) = 0.77 at the arousal shares.
+MARKERS = ("wow", "oh my god", "seriously", "whoa", "oh boy", "gosh", "oh wow", "holy cow")
+MARKER_RATES = {False: 0.15, True: 0.5}  # P(marker | high arousal?)
 
 # --- labels ----------------------------------------------------------------------------------
 
@@ -157,8 +224,10 @@ SENTIMENT_NOISE_CLIP = 2.5 * SENTIMENT_NOISE  # < 1, the smallest polar intensit
 EMOTION_FLIP_RATE = 0.04  # seeded label noise: a perfect emotion model scores about 96%
 
 UTTERANCE_COLUMNS = ("uid", "audio", "text", "speaker", "role", "voice", "pitch", "range",
-                     "rate", "volume", "valence", "negated", "arousal", "emotion",
-                     "emotion_flipped", "sentiment", "n_samples")
+                     "rate", "volume", "valence", "negated", "arousal", "marker", "companion",
+                     "transfer", "emotion", "emotion_flipped", "sentiment", "n_samples")
+# companion: the polarity of the companion clause (-1, 0 or 1), empty when there is none.
+TRANSFER_SUBSET = "transfer"
 MANIFEST = "manifest.json"
 UTTERANCES = "utterances.csv"
 AUDIO_DIR = "audio"
@@ -177,6 +246,20 @@ def sentiment_of(valence: int, arousal: int, noise: float) -> float:
     """sign(valence) x (level + 1) + clipped noise, clipped to [-3, 3], rounded to 3 decimals."""
     noise = float(np.clip(noise, -SENTIMENT_NOISE_CLIP, SENTIMENT_NOISE_CLIP))
     return round(float(np.clip(np.sign(valence) * (arousal + 1) + noise, -3.0, 3.0)), 3)
+
+
+def has_transfer_word(text: str) -> bool:
+    """Whether a transcript holds one of TRANSFER_WORDS (as a whole word)."""
+    return not _TRANSFER.isdisjoint(text.split())
+
+
+_TRANSFER = frozenset(TRANSFER_WORDS)
+
+
+def lexicon(role: str, polarity: int) -> tuple[str, ...]:
+    """The adjectives a role draws from for a polarity: labelled training never sees TRANSFER_WORDS."""
+    words = POSITIVE if polarity > 0 else NEGATIVE
+    return tuple(w for w in words if w not in _TRANSFER) if role == "train" else words
 
 
 # --- the plan: every speaker and utterance, before any audio -------------------------------
@@ -209,18 +292,27 @@ def _prosody(speaker: dict, arousal: int, rng: np.random.Generator) -> dict[str,
     return out
 
 
-def _sentence(valence: int, negated: bool, rng: np.random.Generator) -> str:
+def _pick(options: tuple[str, ...], rng: np.random.Generator) -> str:
+    return options[rng.integers(len(options))]
+
+
+def _sentence(role: str, valence: int, negated: bool, marker: bool, companion: int | None,
+              rng: np.random.Generator) -> str:
+    """[marker] template(noun, copula [negation] adjective-or-phrase) [companion clause]."""
     template, copula = TEMPLATES[rng.integers(len(TEMPLATES))]
-    noun = NOUNS[rng.integers(len(NOUNS))]
+    noun = _pick(NOUNS, rng)
     if valence == 0:
-        words = NEUTRAL[rng.integers(len(NEUTRAL))]
+        words = _pick(NEUTRAL, rng)
     else:
         # Negation flips the adjective's polarity: "was not good" is negative.
-        positive_word = (valence > 0) != negated
-        lexicon = POSITIVE if positive_word else NEGATIVE
-        words = lexicon[rng.integers(len(lexicon))]
-    verb = NEGATIONS[copula][rng.integers(len(NEGATIONS[copula]))] if negated else copula
-    return template.format(noun=noun, predicate=f"{verb} {words}")
+        words = _pick(lexicon(role, -valence if negated else valence), rng)
+    verb = _pick(NEGATIONS[copula], rng) if negated else copula
+    parts = [template.format(noun=noun, predicate=f"{verb} {words}")]
+    if marker:
+        parts.insert(0, _pick(MARKERS, rng))
+    if companion is not None:
+        parts.append(_pick(COMPANIONS[companion], rng))
+    return " ".join(parts)
 
 
 def _utterances(speaker: dict, index: int, n: int) -> list[dict]:
@@ -230,7 +322,12 @@ def _utterances(speaker: dict, index: int, n: int) -> list[dict]:
     negations = _stratified({True: NEGATION_RATE, False: 1 - NEGATION_RATE}, n, rng)
     rows = []
     for j, (arousal, valence, negated) in enumerate(zip(arousals, valences, negations)):
-        text = _sentence(valence, negated, rng)
+        # Three draws for every utterance, used or not, so one choice never shifts the others.
+        marker = bool(rng.random() < MARKER_RATES[arousal >= 1])
+        has_companion = bool(rng.random() < COMPANION_RATE)
+        agrees = bool(rng.random() < COMPANION_AGREEMENT)
+        companion = (valence if agrees else -valence) if has_companion else None
+        text = _sentence(speaker["role"], valence, negated, marker, companion, rng)
         prosody = _prosody(speaker, arousal, rng)
         emotion = emotion_of(valence, arousal)
         flipped = bool(rng.random() < EMOTION_FLIP_RATE)
@@ -243,7 +340,9 @@ def _utterances(speaker: dict, index: int, n: int) -> list[dict]:
                      "speaker": speaker["name"], "role": speaker["role"],
                      "voice": f"{speaker['accent']}+{speaker['variant']}", **prosody,
                      "valence": valence, "negated": int(negated), "arousal": arousal,
-                     "emotion": emotion, "emotion_flipped": int(flipped), "sentiment": sentiment})
+                     "marker": int(marker), "companion": "" if companion is None else companion,
+                     "transfer": int(has_transfer_word(text)), "emotion": emotion,
+                     "emotion_flipped": int(flipped), "sentiment": sentiment})
     return rows
 
 
@@ -257,10 +356,11 @@ def plan(size: str) -> tuple[list[dict], list[dict]]:
     """(speakers, utterance rows without n_samples) for a size; pure and deterministic."""
     spec = _check_size(size)
     speakers, rows = [], []
-    for role, count in spec.speakers_per_role().items():
+    for role in ROLES:
+        count, per_speaker = getattr(spec, role)
         for _ in range(count):
             speakers.append(_speaker(len(speakers), role))
-            rows += _utterances(speakers[-1], len(speakers) - 1, spec.utterances_per_speaker)
+            rows += _utterances(speakers[-1], len(speakers) - 1, per_speaker)
     return speakers, rows
 
 
@@ -275,12 +375,15 @@ def generation_parameters(size: str) -> dict:
     params = {
         "format_version": FORMAT_VERSION, "seed": GENERATION_SEED, "size": size,
         "speakers_per_role": spec.speakers_per_role(),
-        "utterances_per_speaker": spec.utterances_per_speaker, "n_trials": spec.n_trials,
+        "utterances_per_speaker": spec.utterances_per_speaker(), "n_trials": spec.n_trials,
         "sample_rate": SAMPLE_RATE, "strength": STRENGTH, "jitter": JITTER,
         "arousal_offsets": list(AROUSAL_OFFSETS), "arousal_shares": list(AROUSAL_SHARES),
         "arousal_units": AROUSAL_UNITS, "baseline_ranges": BASELINE_RANGES,
         "parameter_limits": PARAMETER_LIMITS, "valence_shares": VALENCE_SHARES,
-        "negation_rate": NEGATION_RATE, "sentiment_noise": SENTIMENT_NOISE,
+        "negation_rate": NEGATION_RATE, "companion_rate": COMPANION_RATE,
+        "companion_agreement": COMPANION_AGREEMENT, "companions": COMPANIONS,
+        "markers": list(MARKERS), "marker_rates": {"low": MARKER_RATES[False], "high": MARKER_RATES[True]},
+        "transfer_words": list(TRANSFER_WORDS), "sentiment_noise": SENTIMENT_NOISE,
         "sentiment_noise_clip": SENTIMENT_NOISE_CLIP,
         "emotion_flip_rate": EMOTION_FLIP_RATE, "plan_sha256": _sha256_json([speakers, rows]),
     }
@@ -591,7 +694,10 @@ def build(data_dir: Path, size: str = "default", workers: int = 2, progress: boo
             "dataset": "synth", "size": size, "generation": generation, "versions": engine_versions,
             "counts": {"speakers": spec.n_speakers, "utterances": len(rows),
                        "audio_hours": round(seconds / 3600, 4),
-                       **{f"{role}_speakers": n for role, n in spec.speakers_per_role().items()}},
+                       **{f"{role}_speakers": n for role, n in spec.speakers_per_role().items()},
+                       **{f"{role}_utterances": n for role, n in spec.utterances_per_role().items()},
+                       "transfer_utterances": {role: sum(r["transfer"] for r in rows if r["role"] == role)
+                                               for role in ROLES}},
             "speakers": speakers, "digest": _digest(staged, generation),
         }
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
@@ -613,9 +719,10 @@ def _parse_row(path: Path, line: int, row: dict) -> dict:
 
     parsed = {"uid": row["uid"], "audio": row["audio"], "text": row["text"], "speaker": row["speaker"],
               "role": row["role"], "voice": row["voice"], "emotion": row["emotion"]}
-    for key in ("valence", "arousal", "negated", "emotion_flipped", "n_samples",
+    for key in ("valence", "arousal", "negated", "marker", "transfer", "emotion_flipped", "n_samples",
                 "pitch", "range", "rate", "volume"):
         parsed[key] = number(key, int)
+    parsed["companion"] = None if row["companion"] == "" else number("companion", int)
     parsed["sentiment"] = number("sentiment", float)
     checks = (
         (parsed["uid"] and parsed["speaker"] and parsed["text"], "non-empty uid, speaker and text"),
@@ -624,6 +731,11 @@ def _parse_row(path: Path, line: int, row: dict) -> dict:
         (-3.0 <= parsed["sentiment"] <= 3.0, f"sentiment in [-3, 3], got {parsed['sentiment']}"),
         (parsed["valence"] in (-1, 0, 1), f"valence -1, 0 or 1, got {parsed['valence']}"),
         (parsed["arousal"] in (0, 1, 2), f"arousal 0, 1 or 2, got {parsed['arousal']}"),
+        (parsed["companion"] in (None, -1, 0, 1), f"companion -1, 0, 1 or empty, got {parsed['companion']}"),
+        (all(parsed[k] in (0, 1) for k in ("negated", "marker", "transfer", "emotion_flipped")),
+         "negated, marker, transfer and emotion_flipped 0 or 1"),
+        (parsed["transfer"] == has_transfer_word(parsed["text"]),
+         f"transfer 1 exactly when the text holds one of {', '.join(TRANSFER_WORDS)}"),
         (parsed["audio"].startswith(f"{AUDIO_DIR}/") and ".." not in parsed["audio"],
          f"audio a path under {AUDIO_DIR}/, got {parsed['audio']!r}"),
     )
@@ -661,12 +773,14 @@ class SynthDataset(Dataset):
     """A finished synth build (see ``build``): emotion, sentiment, verification, pre-training.
 
     One fold, "0": speakers have fixed roles, so the splits are fixed and speaker-disjoint;
-    ``seed`` only picks the verification trials.
+    ``seed`` only picks the verification trials. Examples whose transcript holds one of
+    TRANSFER_WORDS (never in labelled training) carry the subset "transfer".
     """
 
     name = "synth"
     tasks = ("emotion", "sentiment", "verification")
     has_pretraining = True
+    version = FORMAT_VERSION
 
     def __init__(self, root: Path):
         super().__init__(root)
@@ -684,7 +798,8 @@ class SynthDataset(Dataset):
         labelled = row["role"] != "pretrain"
         return Example(uid=row["uid"], audio=self.root / row["audio"], text=row["text"],
                        speaker=row["speaker"], emotion=row["emotion"] if labelled else None,
-                       sentiment=row["sentiment"] if labelled else None)
+                       sentiment=row["sentiment"] if labelled else None,
+                       subsets=(TRANSFER_SUBSET,) if row["transfer"] else ())
 
     def split(self, task: str, fold: str, seed: int) -> Split:
         self.check_fold(task, fold)
