@@ -10,7 +10,7 @@ scored on the test speakers of a synth build (overall and on the test "transfer"
 - sentiment MAE and Pearson r of a ridge regression on the same three inputs, and of a
   rank-1 bilinear model (a text factor fitted to the sign times an audio factor fitted to the
   magnitude): the score is a product of the modalities, so the product should beat the
-  linear "both" (SYNTH-NOTES' prototype: MAE 0.54 vs 0.76 with 1,536 training sentences);
+  linear "both" (a prototype of synth measured MAE 0.54 vs 0.76 with 1,536 training sentences);
   controls: the text sign times a constant size, and the label's own sign times the audio
   size or a constant (the planted structure's size, free of the text probe's errors);
 - diagnostics: valence accuracy of the text probe and arousal (high vs low) accuracy of the
@@ -38,7 +38,7 @@ import numpy as np
 from ctal_bench.config import FeatureConfig
 from ctal_bench.data.base import EMOTIONS, Example
 
-AUDIO_WEIGHT = 0.1  # SYNTH-NOTES: 82.8% joint accuracy with it, 75.9% without
+AUDIO_WEIGHT = 0.1  # on a prototype of synth: 82.8% joint accuracy with it, 75.9% without
 # Inverse L2 strengths tried on dev: with few train speakers an unregularised audio probe
 # learns the speakers, not the arousal (train 98% vs test 77% on high-vs-low at C = 1).
 GRID = (0.001, 0.01, 0.1, 1.0, 10.0)

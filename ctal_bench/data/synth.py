@@ -56,7 +56,7 @@ On-disk layout under ``<data_dir>/synth-<size>/``:
                                  written last, so its presence marks a finished build
 
 eSpeak NG keeps state across utterances inside a process, so each worker initialises the
-engine once, never synthesises itself, and forks a child per utterance (SYNTH-NOTES.md).
+engine once, never synthesises itself, and forks a child per utterance (docs/data.md).
 That alone is not enough: espeak_Initialize seeds the engine's random generator with the
 wall-clock second, and the breathy variants (f2, f3, f5) mix in noise from it. Each child
 therefore reseeds it (espeak_ng_SetRandSeed) from a hash of the utterance's own inputs, so
@@ -157,7 +157,7 @@ BASELINE_RANGES = {"pitch": (30, 70), "range": (35, 65), "rate": (145, 195), "vo
 AROUSAL_UNITS = {"pitch": 6.0, "range": 12.0, "rate": 0.07, "volume": 0.12}
 AROUSAL_OFFSETS = (-1.0, 1.0, 2.0)  # low, high, very high (in units)
 AROUSAL_SHARES = (0.5, 0.25, 0.25)
-STRENGTH = 1.0  # S: arousal units scale; SYNTH-NOTES' recommended setting
+STRENGTH = 1.0  # S: arousal units scale; the prototype probes put emotion difficulty on target here (docs/data.md)
 JITTER = 0.5  # J: SD of per-parameter Gaussian jitter, in arousal units (independent of S)
 # Engine limits; volume is capped at 140 because the engine clips near 150.
 PARAMETER_LIMITS = {"pitch": (0, 100), "range": (0, 100), "rate": (80, 450), "volume": (0, 140)}

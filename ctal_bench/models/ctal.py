@@ -288,7 +288,7 @@ class FusionHead(nn.Module):
 # at vocab 1,000 (the embedded default) / 30,000 (paper scale); tests check them analytically.
 PRESETS: dict[str, dict[str, int]] = {
     # 0.44M / 2.32M. One layer per stream: on the embedded default it matched two layers
-    # (5 seeds, README "Scales") at 60% of the cost of a CPU step.
+    # (5 seeds, docs/scales.md) at 60% of the cost of a CPU step.
     "mini": dict(d_model=64, n_heads=4, text_layers=1, audio_layers=1, ffn_dim=256),
     # 4.27M / 9.87M
     "small": dict(d_model=192, n_heads=4, text_layers=3, audio_layers=3, ffn_dim=768),
