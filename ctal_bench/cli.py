@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="results -> tables (.md, .tex) and figures",
                        description="Aggregate result cells over seeds, test against a reference, and "
-                       "write tables to results/tables/<suite>/ and figures to results/figures/<suite>/.")
+                       "write tables to results/tables/<suite>/<dataset>/ (one set per dataset and scale) and "
+                       "figures to results/figures/<suite>/.")
     p.add_argument("--suite", nargs="+", default=None, help="suites to report (default: every suite with results)")
     p.add_argument("--reference", default="late_fusion", help="the main table's reference model")
     p.add_argument("--format", default="md,tex", help="table formats, comma-separated: md, tex")
@@ -197,8 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: results/checkpoints/released-<CKPT name>.pt")
     p.set_defaults(func=cmd_import_ctal)
 
-    p = sub.add_parser("list", help="list registered models, datasets, tasks, ablations, suites")
+    p = sub.add_parser("list", help="list registered models, datasets, tasks, ablations, suites",
+                       epilog="examples:\n  python bench.py list ablations\n"
+                       "  python bench.py list ablations --format json | jq -r '.[].ablation'\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["models", "datasets", "tasks", "ablations", "suites", "scales"])
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="a table (default; names are never shortened, descriptions wrap) or JSON for scripts")
     _declarations_arg(p)
     p.set_defaults(func=cmd_list)
     return parser
@@ -303,9 +309,16 @@ def cmd_import_ctal(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from rich.console import Console
-
     from ctal_bench import listing
 
-    Console().print(listing.table(args.what, args.ablations_dir))
+    if args.format == "json":
+        import json
+
+        print(json.dumps(listing.rows(args.what, args.ablations_dir), indent=1))
+        return 0
+    from rich.console import Console
+
+    from ctal_bench.tables import print_rich
+
+    print_rich(Console(), listing.table(args.what, args.ablations_dir))
     return 0

@@ -1,4 +1,5 @@
-"""Rich tables for ``bench.py list``."""
+"""What ``bench.py list`` shows: rows of plain data (``rows``, ``--format json``) and the rich
+table of them (``table``), whose names never wrap or shorten and whose descriptions wrap."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,10 @@ from rich.table import Table
 from ctal_bench import catalog, declarations
 from ctal_bench.config import DataConfig, ModelConfig
 from ctal_bench.registry import DATASETS, MODELS, TASKS
+
+WHAT = ("models", "datasets", "tasks", "ablations", "suites", "scales")
+# columns that may wrap (descriptions, lists of names, wrapped between names); the rest never do
+WRAPPING = {"summary", "own settings", "changes", "settings", "models", "ablations", "tasks"}
 
 
 def _first_line(obj) -> str:
@@ -27,50 +32,78 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.0f}k"
 
 
-def table(what: str, ablations_dir: Path | None = None) -> Table:
+def rows(what: str, ablations_dir: Path | None = None) -> list[dict]:
+    """One dict per registered or declared thing, for scripts (``list --format json``)."""
     catalog.load()
     if what == "models":
         settings = declarations.load(ablations_dir).models
-        t = Table("model", "sizes (parameters; vocab 1000, 4 outputs)", "summary", "own settings",
-                  title="models")
-        for name in MODELS:
-            cls = MODELS.get(name)
-            sizes = ", ".join(f"{size} {_millions(parameter_count(cls, size))}" for size in cls.presets)
-            own = settings.get(name).summary if name in settings else "-"
-            t.add_row(name, sizes, _first_line(cls), own)
-        return t
+        return [{"model": name, "parameters": {size: parameter_count(MODELS.get(name), size)
+                                               for size in MODELS.get(name).presets},
+                 "summary": _first_line(MODELS.get(name)),
+                 "own settings": settings.get(name).summary if name in settings else None} for name in MODELS]
     if what == "datasets":
-        t = Table("dataset", "tasks", "pre-training corpus", "summary", title="datasets")
-        for name in DATASETS:
-            cls = DATASETS.get(name)
-            t.add_row(name, ", ".join(cls.tasks), "yes" if cls.has_pretraining else "-", _first_line(cls))
-        return t
+        return [{"dataset": name, "tasks": list(DATASETS.get(name).tasks),
+                 "pretraining corpus": bool(DATASETS.get(name).has_pretraining),
+                 "summary": _first_line(DATASETS.get(name))} for name in DATASETS]
     if what == "tasks":
-        t = Table("task", "metrics", "selection (dev)", title="tasks")
-        for name in TASKS:
-            task = TASKS.get(name)
-            arrow = "↑" if task.higher_is_better else "↓"
-            t.add_row(name, ", ".join(task.metric_names), f"{task.selection_metric} {arrow}")
-        return t
+        return [{"task": name, "metrics": list(TASKS.get(name).metric_names),
+                 "selection metric": TASKS.get(name).selection_metric,
+                 "higher is better": TASKS.get(name).higher_is_better} for name in TASKS]
     decl = declarations.load(ablations_dir)
     if what == "ablations":
-        t = Table("ablation", "summary", "drops", "changes", title="ablations")
+        found = []
         for name in decl.ablations:
             a = decl.ablations.get(name)
-            changes = ", ".join(f"{k}={v}" for k, v in a.overrides.items())
-            if a.sweep:
-                changes = f"{a.sweep} in {list(a.values)}" + (f"; {changes}" if changes else "")
-            t.add_row(name, a.summary, a.drop or "-", changes)
-        return t
+            found.append({"ablation": name, "summary": a.summary, "drops": a.drop or None,
+                          "changes": dict(a.overrides), "sweep": a.sweep or None,
+                          "values": list(a.values) if a.sweep else None})
+        return found
     if what == "suites":
-        t = Table("suite", "summary", "models", "ablations", "tasks", "seeds", "scale", title="suites")
-        for name in decl.suites:
-            s = decl.suites.get(name)
-            t.add_row(name, s.summary, ", ".join(s.models), ", ".join(s.ablations) or "-",
-                      ", ".join(s.tasks), str(len(s.seeds)), s.scale or "-")
-        return t
-    t = Table("scale", "summary", "settings", title="scales")
-    for name in decl.scales:
-        s = decl.scales.get(name)
-        t.add_row(name, s.summary, ", ".join(f"{k}={v}" for k, v in s.overrides.items()))
+        return [{"suite": name, "summary": s.summary, "models": list(s.models), "ablations": list(s.ablations),
+                 "tasks": list(s.tasks), "seeds": list(s.seeds), "scale": s.scale or None}
+                for name in decl.suites for s in [decl.suites.get(name)]]
+    return [{"scale": name, "summary": decl.scales.get(name).summary,
+             "settings": dict(decl.scales.get(name).overrides)} for name in decl.scales]
+
+
+def _cells(what: str, row: dict) -> dict[str, str]:
+    """A row of ``rows`` as the table's text, column by column."""
+    def joined(values) -> str:
+        return ", ".join(map(str, values)) or "-"
+
+    if what == "models":
+        return {"model": row["model"], "sizes (parameters; vocab 1000, 4 outputs)":
+                ", ".join(f"{size} {_millions(n)}" for size, n in row["parameters"].items()),
+                "summary": row["summary"], "own settings": row["own settings"] or "-"}
+    if what == "datasets":
+        return {"dataset": row["dataset"], "tasks": joined(row["tasks"]),
+                "pre-training corpus": "yes" if row["pretraining corpus"] else "-", "summary": row["summary"]}
+    if what == "tasks":
+        return {"task": row["task"], "metrics": joined(row["metrics"]),
+                "selection (dev)": f"{row['selection metric']} {'↑' if row['higher is better'] else '↓'}"}
+    if what == "ablations":
+        changes = ", ".join(f"{k}={v}" for k, v in row["changes"].items())
+        if row["sweep"]:
+            changes = f"{row['sweep']} in {row['values']}" + (f"; {changes}" if changes else "")
+        return {"ablation": row["ablation"], "summary": row["summary"], "drops": row["drops"] or "-",
+                "changes": changes}
+    if what == "suites":
+        return {"suite": row["suite"], "summary": row["summary"], "models": joined(row["models"]),
+                "ablations": joined(row["ablations"]), "tasks": joined(row["tasks"]), "seeds": str(len(row["seeds"])),
+                "scale": row["scale"] or "-"}
+    return {"scale": row["scale"], "summary": row["summary"],
+            "settings": ", ".join(f"{k}={v}" for k, v in row["settings"].items())}
+
+
+def table(what: str, ablations_dir: Path | None = None) -> Table:
+    """``rows`` as a rich table: print it with ``tables.print_rich`` so that no name is cut."""
+    from rich.text import Text
+
+    found = [_cells(what, row) for row in rows(what, ablations_dir)]
+    headers = list(found[0]) if found else [what.removesuffix("s")]
+    t = Table(title="scales" if what == "scales" else what)
+    for header in headers:
+        t.add_column(header, no_wrap=header not in WRAPPING, overflow="fold")
+    for row in found:
+        t.add_row(*(Text(row[h]) for h in headers))
     return t

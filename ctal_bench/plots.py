@@ -8,6 +8,11 @@ scale. Every figure is written as PNG (150 dpi) and PDF.
 Figures are built on ``matplotlib.figure.Figure`` directly, never through pyplot's global
 state, so nothing opens a window or stays in memory after saving.
 
+Variants are listed in one order in every figure (``variant_order``: the suite's declared rows,
+else models, then ablations, then sweep values), down the page where there are many; the
+reference is named, and a scatter's variants are told apart by a legend, never by labels at the
+points, which would pile up where variants cost the same.
+
 Cells whose metric is NaN (a diverged run) cannot be drawn and are left out; the tables of
 ``ctal_bench.stats`` are where they count.
 """
@@ -39,29 +44,69 @@ from ctal_bench.tables import LATE_SHARE
 DPI = 150
 PANEL_SIZE = (4.5, 3.6)  # inches per dataset panel
 DET_TICKS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
+DET_LEGEND_INSIDE = 6  # more curves than this: the legend goes beside the panel
+DET_LEGEND_WIDTH = 2.8  # inches beside each panel for that legend
 DET_RATE_FLOOR = 0.001  # rates of 0 or 1 have no probit; draw them at 0.1% / 99.9%
+SEED_ROW_HEIGHT = 0.28  # inches per variant of a seed figure: 18 variants in 6 inches
 CURVE_PANEL_SIZE = (2.6, 2.0)  # inches per variant panel of the learning curves
 CURVE_COLUMNS = 6  # variant panels per row: a paper suite's 18 variants in three rows
 PRETRAIN_LOSSES = {"train_mlm": "MLM", "train_mam": "MAM"}  # pre-training curve columns -> names
 
 
-def seed_distributions(cells: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Per task: the selection metric of every seed and fold (points) over a box per variant."""
+def variant_order(cells: pd.DataFrame, order: Sequence[str] | None = None) -> list[str]:
+    """The variants of ``cells`` in the order figures list them: those of ``order`` (a suite's
+    declared rows: models, ablations, sweep values) first, in that order; then the rest grouped as
+    plain models, ablations, then each sweep by swept value, each group in order of appearance."""
+    present = list(dict.fromkeys(cells["variant"]))
+    first = [v for v in (order or ()) if v in set(present)]
+    rest = cells[~cells["variant"].isin(first)]
+    models = list(dict.fromkeys(rest.loc[rest["ablation"] == "", "variant"]))
+    ablations = list(dict.fromkeys(rest.loc[(rest["ablation"] != "") & rest["sweep_value"].isna(), "variant"]))
+    swept = rest[rest["sweep_value"].notna()].sort_values(["ablation", "sweep_value"], kind="stable")
+    return first + models + ablations + list(dict.fromkeys(swept["variant"]))
+
+
+def _group_of(cells: pd.DataFrame) -> dict[str, str]:
+    """variant -> "model", "ablation" or "sweep <name>"."""
+    groups = {}
+    for row in cells[["variant", "ablation", "sweep_value"]].drop_duplicates("variant").itertuples():
+        groups[row.variant] = ("model" if row.ablation == "" else "ablation" if pd.isna(row.sweep_value)
+                               else f"sweep {row.ablation}")
+    return groups
+
+
+def _label(variant: str, reference: str | None) -> str:
+    return f"{variant} (reference)" if variant == reference else variant
+
+
+def seed_distributions(cells: pd.DataFrame, out_dir: Path, order: Sequence[str] | None = None,
+                       reference: str | None = None) -> list[Path]:
+    """Per task: the selection metric of every seed and fold (points) over a box per variant,
+    variants down the page (``variant_order``: models, ablations, sweep values; dotted lines
+    between the groups), the reference named; a panel per dataset, rows aligned across panels."""
     if cells.empty:
         return []
     written = []
-    order = _variants_in_order(cells)
+    ordered = variant_order(cells, order)
+    groups = _group_of(cells)
     for task, rows in _by_task(cells):
         metric = _selection_metric(task)
-        fig, panels = _dataset_panels(rows)
-        for ax, (dataset, data) in panels:
-            here = set(data["variant"])
-            present = [v for v in order if v in here]
-            sns.boxplot(data=data, x="variant", y=metric, order=present, ax=ax, color="0.9",
+        present = [v for v in ordered if v in set(rows["variant"])]
+        datasets = list(rows.groupby("dataset", sort=False))
+        height = max(PANEL_SIZE[1], SEED_ROW_HEIGHT * len(present) + 1.0)
+        fig = Figure(figsize=(PANEL_SIZE[0] * len(datasets) + 1.6, height), layout="constrained")
+        fig.get_layout_engine().set(w_pad=0.1, wspace=0.06)  # room between panels for their outer x labels
+        axes = fig.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
+        for ax, (dataset, data) in zip(axes, datasets):
+            sns.boxplot(data=data, x=metric, y="variant", order=present, orient="h", ax=ax, color="0.9",
                         showfliers=False)  # the strip plot already shows every point
-            sns.stripplot(data=data, x="variant", y=metric, order=present, ax=ax, color="C0", size=5)
-            ax.set(title=f"{task} · {dataset}", xlabel="", ylabel=_metric_label(metric))
-            ax.tick_params(axis="x", labelrotation=30)
+            sns.stripplot(data=data, x=metric, y="variant", order=present, orient="h", ax=ax, color="C0", size=4)
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=4))
+            for i in range(1, len(present)):
+                if groups[present[i]] != groups[present[i - 1]]:
+                    ax.axhline(i - 0.5, color="0.6", linewidth=0.7, linestyle=":")
+            ax.set(title=f"{task} · {dataset}", ylabel="", xlabel=_metric_label(metric))
+        axes[0].set_yticks(range(len(present)), [_label(v, reference) for v in present], fontsize=8)
         written += _save(fig, out_dir, f"seeds-{task}")
     return written
 
@@ -89,26 +134,42 @@ def sweep_curves(cells: pd.DataFrame, sweep: str, out_dir: Path) -> list[Path]:
     return written
 
 
-def quality_vs_throughput(cells: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Per task: each variant's mean selection metric against its mean training throughput."""
+MARKERS = {"model": "o", "ablation": "s"}  # sweep values: "^"
+
+
+def quality_vs_throughput(cells: pd.DataFrame, out_dir: Path, order: Sequence[str] | None = None,
+                          reference: str | None = None) -> list[Path]:
+    """Per task: each variant's mean selection metric against its mean training throughput. Each
+    variant has its own colour and a marker for its group (circle: model, square: ablation,
+    triangle: sweep value), named in one legend beside the panels: labels at the points would
+    pile up where variants cost the same (the CTAL family)."""
     written = []
+    ordered = variant_order(cells, order) if not cells.empty else []
+    groups = _group_of(cells) if not cells.empty else {}
+    colors = sns.color_palette("tab20" if len(ordered) > 10 else "tab10", max(len(ordered), 1))
+    style = {v: (colors[i % len(colors)], MARKERS.get(groups[v], "^")) for i, v in enumerate(ordered)}
     for task, rows in _by_task(cells):
         metric = _selection_metric(task)
         rows = rows[rows["train_samples_per_second"].notna()]  # records from before timing was kept
         if rows.empty:
             continue
         fig, panels = _dataset_panels(rows)
+        drawn = {}
         for ax, (dataset, data) in panels:
             means = data.groupby("variant", sort=False)[[metric, "train_samples_per_second"]].mean()
-            ax.scatter(means["train_samples_per_second"], means[metric])
-            for variant, point in means.iterrows():
-                ax.annotate(str(variant), (point["train_samples_per_second"], point[metric]),
-                            xytext=(4, 4), textcoords="offset points", fontsize=8)
+            for variant in [v for v in ordered if v in means.index]:
+                color, marker = style[variant]
+                point = means.loc[variant]
+                drawn[variant] = ax.scatter(point["train_samples_per_second"], point[metric], color=color,
+                                            marker=marker, s=60 if variant == reference else 30,
+                                            edgecolors="black" if variant == reference else "none", zorder=3)
             ax.set_xscale("log")
             _plain_log_ticks(ax)
-            ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
-            ax.set(title=f"{task} · {dataset}", xlabel="training samples / s (log)",
-                   ylabel=_metric_label(metric))
+            ax.margins(x=0.15, y=0.1)
+            ax.set(title=f"{task} · {dataset}", xlabel="training samples / s (log)", ylabel=_metric_label(metric))
+        names = [v for v in ordered if v in drawn]
+        fig.legend([drawn[v] for v in names], [_label(v, reference) for v in names], loc="outside right upper",
+                   fontsize=7, frameon=False)
         written += _save(fig, out_dir, f"throughput-{task}")
     return written
 
@@ -150,28 +211,32 @@ def det_points(targets: Sequence[int], scores: Sequence[float]) -> tuple[np.ndar
     return fpr, fnr
 
 
-def det_curves(cells: pd.DataFrame, runs_dir: Path, out_dir: Path) -> list[Path]:
+def det_curves(cells: pd.DataFrame, runs_dir: Path, out_dir: Path, order: Sequence[str] | None = None) -> list[Path]:
     """One figure of DET curves, a panel per verification dataset and a curve per variant.
 
     ``runs_dir`` is the results store's ``runs/`` folder. A variant's trials are pooled over its
     seeds and folds (``runs_dir/<cell_id>.preds.csv``); pooling mixes each seed's score
     calibration, so the pooled EER in the legend can sit above the mean per-seed EER of the
     tables. A variant with any predictions file missing, or any NaN score (a diverged run), is
-    left out and named in the legend, rather than drawn from a subset of its seeds.
+    left out and named in the legend, rather than drawn from a subset of its seeds. Variants in
+    ``variant_order``; with more than a few, the legend sits beside the panel, not over it.
     """
     if cells.empty:
         return []
     rows = cells[cells["task"] == "verification"]
     if rows.empty:
         return []
-    fig, panels = _dataset_panels(rows, square=True)
+    beside = rows["variant"].nunique() > DET_LEGEND_INSIDE
+    fig, panels = _dataset_panels(rows, square=True, extra_width=DET_LEGEND_WIDTH if beside else 0.0)
+    every = variant_order(rows, order)
+    colors = dict(zip(every, sns.color_palette("tab20" if len(every) > 10 else "tab10", len(every))))
     for ax, (dataset, data) in panels:
-        for variant in _variants_in_order(data):
+        for variant in variant_order(data, order):
             trials = _pooled_trials(Path(runs_dir), data.loc[data["variant"] == variant, "cell_id"])
             if trials is None:
                 ax.plot([], [], " ", label=f"{variant}: left out (missing or NaN predictions)")
             else:
-                _draw_det(ax, variant, trials)
+                _draw_det(ax, variant, trials, colors[variant])
         _det_axes(ax, title=f"verification · {dataset}")
     return _save(fig, out_dir, "det-verification")
 
@@ -195,7 +260,8 @@ def finetune_curves(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def learning_curves(records: Iterable[dict[str, Any]], out_dir: Path) -> list[Path]:
+def learning_curves(records: Iterable[dict[str, Any]], out_dir: Path, order: Sequence[str] | None = None
+                    ) -> list[Path]:
     """Per task: the dev selection metric against fine-tuning epoch, one small panel per variant
     (a block of rows per dataset, one y scale per dataset): the median and min-max band over
     seeds and folds, each cell's selected epoch as a point, and the last 20% of the budget
@@ -206,7 +272,8 @@ def learning_curves(records: Iterable[dict[str, Any]], out_dir: Path) -> list[Pa
     written = []
     for task, rows in curves.groupby("task", sort=False):
         metric = _selection_metric(task)
-        blocks = [(dataset, _variants_in_order(data)) for dataset, data in rows.groupby("dataset", sort=False)]
+        blocks = [(dataset, _in_order(_variants_in_order(data), order))
+                  for dataset, data in rows.groupby("dataset", sort=False)]
         columns = min(CURVE_COLUMNS, max(len(variants) for _, variants in blocks))
         block_rows = [-(-len(variants) // columns) for _, variants in blocks]  # ceiling division
         fig = Figure(figsize=(CURVE_PANEL_SIZE[0] * columns, CURVE_PANEL_SIZE[1] * sum(block_rows) + 0.9),
@@ -289,14 +356,16 @@ def pretrain_curves(records: Iterable[dict[str, Any]], out_dir: Path) -> list[Pa
 
 
 def write_all(cells: pd.DataFrame, records: Iterable[dict[str, Any]], runs_dir: Path, out_dir: Path,
-              sweeps: Sequence[str]) -> list[Path]:
-    """Every figure of one results set; the paths written."""
+              sweeps: Sequence[str], order: Sequence[str] | None = None, reference: str | None = None) -> list[Path]:
+    """Every figure of one results set; the paths written. ``order``: the variants' order (a
+    suite's declared rows, ``variant_order``); ``reference``: the variant named as the reference."""
     records = list(records)  # read by several figures
-    written = seed_distributions(cells, out_dir) + quality_vs_throughput(cells, out_dir)
+    written = (seed_distributions(cells, out_dir, order, reference)
+               + quality_vs_throughput(cells, out_dir, order, reference))
     for sweep in sweeps:
         written += sweep_curves(cells, sweep, out_dir)
-    return (written + confusion_matrices(records, out_dir) + det_curves(cells, runs_dir, out_dir)
-            + learning_curves(records, out_dir) + pretrain_curves(records, out_dir))
+    return (written + confusion_matrices(records, out_dir) + det_curves(cells, runs_dir, out_dir, order)
+            + learning_curves(records, out_dir, order) + pretrain_curves(records, out_dir))
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -314,6 +383,12 @@ def _variants_in_order(rows: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(rows["variant"]))
 
 
+def _in_order(variants: Sequence[str], order: Sequence[str] | None) -> list[str]:
+    """``variants``, those in ``order`` first and in its order, the rest after as they come."""
+    first = [v for v in (order or ()) if v in set(variants)]
+    return first + [v for v in variants if v not in set(first)]
+
+
 def _by_task(cells: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(task, its rows with a finite selection metric), tasks in order of first appearance."""
     if cells.empty:
@@ -327,11 +402,13 @@ def _by_task(cells: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return groups
 
 
-def _dataset_panels(rows: pd.DataFrame,
-                    square: bool = False) -> tuple[Figure, list[tuple[Axes, tuple[str, pd.DataFrame]]]]:
-    """A figure with one panel per dataset in ``rows``, each paired with (dataset, its rows)."""
+def _dataset_panels(rows: pd.DataFrame, square: bool = False, extra_width: float = 0.0
+                    ) -> tuple[Figure, list[tuple[Axes, tuple[str, pd.DataFrame]]]]:
+    """A figure with one panel per dataset in ``rows``, each paired with (dataset, its rows);
+    ``extra_width`` inches beside each panel (for a legend there)."""
     datasets = list(rows.groupby("dataset", sort=False))
     width, height = (PANEL_SIZE[1], PANEL_SIZE[1]) if square else PANEL_SIZE
+    width += extra_width
     fig = Figure(figsize=(width * len(datasets), height + 0.6), layout="constrained")
     axes = fig.subplots(1, len(datasets), squeeze=False)[0]
     return fig, list(zip(axes, datasets))
@@ -387,10 +464,10 @@ def _pooled_trials(runs_dir: Path, cell_ids: Iterable[str]) -> pd.DataFrame | No
     return None if trials["score"].isna().any() else trials
 
 
-def _draw_det(ax: Axes, variant: str, trials: pd.DataFrame) -> None:
+def _draw_det(ax: Axes, variant: str, trials: pd.DataFrame, color=None) -> None:
     fpr, fnr = det_points(trials["target"], trials["score"])
     pooled_eer = metrics.eer(trials["score"], trials["target"])
-    line, = ax.plot(_probit(fpr), _probit(fnr), label=f"{variant} (EER {pooled_eer:.1%})")
+    line, = ax.plot(_probit(fpr), _probit(fnr), color=color, label=f"{variant} (EER {pooled_eer:.1%})")
     ax.plot(_probit(pooled_eer), _probit(pooled_eer), "o", color=line.get_color(), markersize=4)
 
 
@@ -404,7 +481,9 @@ def _det_axes(ax: Axes, title: str) -> None:
     ax.set_yticks(ticks, labels, fontsize=7)
     ax.set(xlim=limits, ylim=limits, title=title, xlabel="false accept rate (%)",
            ylabel="false reject rate (%)")
-    ax.legend(fontsize=7, loc="upper right", title="pooled over seeds and folds", title_fontsize=7)
+    inside = len(ax.get_legend_handles_labels()[1]) <= DET_LEGEND_INSIDE
+    ax.legend(fontsize=7, title="pooled over seeds and folds", title_fontsize=7,
+              **({"loc": "upper right"} if inside else {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0)}))
 
 
 def _safe_name(stem: str) -> str:

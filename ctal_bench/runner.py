@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import TYPE_CHECKING, Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from ctal_bench import declarations
+from ctal_bench import declarations, tables
 from ctal_bench.config import Config, apply_overrides, config_hash, to_dict
 from ctal_bench.declarations import Declarations, Suite, Variant
 from ctal_bench.errors import UserError
@@ -325,11 +327,145 @@ def triage(cells: list[Cell], store: ResultsStore) -> Triage:
     return plan
 
 
+HEARTBEAT_S = 60.0  # a log's progress line, when stdout is not a terminal
+
+
+def _key_metric(cell: Cell, record: dict) -> str:
+    """The task's selection metric on test, "metric value", for a one-line report of a cell."""
+    metric = TASKS.get(cell.key.task).selection_metric
+    value = record.get("metrics", {}).get("test", {}).get(metric)
+    return f"{metric} {value:.3f}" if isinstance(value, (int, float)) else f"{metric} -"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class RunCounts:
+    """What a run has done so far, for either display."""
+
+    def __init__(self, todo: int, waiting: int, workers: int, clock=time.monotonic):
+        self.todo, self.waiting, self.workers, self.clock = todo, waiting, workers, clock
+        self.trained = self.done = self.failed = 0
+        self.started = clock()
+
+    @property
+    def running(self) -> int:
+        return min(self.workers, self.todo - self.trained)
+
+    def eta(self) -> float | None:
+        """Seconds left at the pace so far (cells to train, not twins, which cost nothing)."""
+        if not self.trained:
+            return None
+        return (self.clock() - self.started) / self.trained * (self.todo - self.trained)
+
+
+class LiveView:
+    """A terminal's view: a bar over cells, and one over the running cell's training steps."""
+
+    def __init__(self, console: Console, counts: RunCounts, left: int, steps_visible: bool):
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn())
+        self.counts, self.progress = counts, Progress(*columns, console=console, transient=False)
+        self.overall = self.progress.add_task("cells", total=left, completed=left - counts.waiting)
+        self.steps = self.progress.add_task("steps", total=None, visible=steps_visible)
+
+    def __enter__(self) -> LiveView:
+        self.progress.__enter__()
+        self._describe()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        c = self.counts
+        self.progress.update(self.overall, description=f"cells (done {c.done}, failed {c.failed})")
+        self.progress.__exit__(*exc)
+
+    def _describe(self) -> None:
+        c = self.counts
+        per_cell = f", {(c.clock() - c.started) / c.trained:.0f} s/cell" if c.trained else ""
+        self.progress.update(self.overall, description=f"cells (done {c.done}, failed {c.failed}, "
+                             f"running {c.running}, left {c.waiting}{per_cell})")
+
+    def start(self, cell: Cell) -> None:
+        k = cell.key
+        self.progress.update(self.steps, completed=0,
+                             description=f"running {k.variant} · {k.task} · fold {k.fold} · seed {k.seed}")
+
+    def step(self) -> None:
+        self.progress.advance(self.steps)
+
+    def finished(self, group: list[tuple[Cell, dict | None]]) -> None:
+        for cell, record in group:
+            if record is not None and record["status"] == FAILED:
+                self.progress.console.print(f"[red]failed[/red] {cell.key.id}: "
+                                            f"{record['traceback'].strip().splitlines()[-1]}")
+                break  # its twins fail with it
+        self.progress.advance(self.overall, len(group))
+        self._describe()
+
+
+class LogView:
+    """Progress for a log (stdout not a terminal: nohup, a batch scheduler, ``> log.txt``): one
+    plain line per finished cell (its id, status, key metric and seconds) and, every ``every``
+    seconds from a background thread, a heartbeat: cells done, failed, running and left, and the
+    time left at the pace so far. No colour, no cursor movement, nothing cut."""
+
+    def __init__(self, console: Console, counts: RunCounts, total: int, every: float = HEARTBEAT_S):
+        self.console, self.counts, self.total, self.every = console, counts, total, every
+        self.recorded = total - counts.waiting  # done before this run, or shared from done cells
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="progress-heartbeat", daemon=True)
+
+    def __enter__(self) -> LogView:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            self.heartbeat()
+
+    def _print(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def heartbeat(self) -> None:
+        c = self.counts
+        eta = c.eta()
+        self._print(f"[{time.strftime('%H:%M:%S')}] progress: {self.total - c.waiting}/{self.total} cells recorded "
+                    f"(done {c.done}, failed {c.failed}), running {c.running}, left {c.waiting}; elapsed "
+                    f"{_duration(c.clock() - c.started)}, ETA {'unknown' if eta is None else _duration(eta)}")
+
+    def start(self, cell: Cell) -> None:
+        pass
+
+    def step(self) -> None:
+        pass
+
+    def finished(self, group: list[tuple[Cell, dict | None]]) -> None:
+        for cell, record in group:
+            self.recorded += 1
+            if record is None:
+                status, shown = "unfinished", "its worker died; a rerun runs it"
+            elif record["status"] == FAILED:
+                status, shown = "failed", record["traceback"].strip().splitlines()[-1]
+            else:
+                status = "shared" if record.get("shared_from") else "done"
+                shown = _key_metric(cell, record)
+            seconds = (record or {}).get("timing", {}).get("cell_seconds")
+            self._print(f"[{time.strftime('%H:%M:%S')}] cell {self.recorded}/{self.total} {status} {cell.key.id}: "
+                        f"{shown}" + (f", {seconds:.0f} s" if seconds and status == "done" else ""))
+
+
 def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console, executor_for=None,
-              workspace: Workspace | None = None) -> Summary:
+              workspace: Workspace | None = None, heartbeat: float = HEARTBEAT_S) -> Summary:
     """Run the cells not already done, on ``executor_for(number of cells to train)`` (default: this
     process); cells with a twin share its result (``triage``). A failing cell is recorded with its
-    traceback and the rest go on."""
+    traceback and the rest go on. On a terminal a live view shows progress; elsewhere (a log
+    file) ``LogView`` prints a line per finished cell and a heartbeat every ``heartbeat`` s."""
     workspace = workspace or Workspace(store.root, data.data_dir, tuple(data.data_paths.items()))
     summary, plan = Summary(), triage(cells, store)
     summary.skipped = [(cell, store.read(cell.key)) for cell in plan.done]
@@ -338,48 +474,34 @@ def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console, ex
     executor = executor_for(len(todo)) if executor_for else InProcess()
     console.print(f"{len(cells)} cells: {len(summary.skipped)} already done, {left} to run"
                   + (f" ({left - len(todo)} share a result)" if len(todo) < left else ""))
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    waiting = len(todo) + sum(map(len, twins.values()))  # cells the executor's results will record
-    with Progress(*columns, console=console, transient=False) as progress:
-        overall = progress.add_task("cells", total=left, completed=left - waiting)
-        steps = progress.add_task("steps", total=None, visible=isinstance(executor, InProcess))
-        started, trained = time.perf_counter(), 0
-
-        def describe() -> None:
-            per_cell = f", {(time.perf_counter() - started) / trained:.0f} s/cell" if trained else ""
-            progress.update(overall, description=f"cells (done {len(summary.ran)}, failed {len(summary.failed)}, "
-                            f"running {min(executor.workers, len(todo) - trained)}, left {waiting}{per_cell})")
-
-        def on_start(cell: Cell) -> None:
-            k = cell.key
-            progress.update(steps, description=f"running {k.variant} · {k.task} · fold {k.fold} · seed {k.seed}",
-                            completed=0)
-
-        describe()
-        for cell, record in executor.run(todo, data, workspace, on_start, lambda: progress.advance(steps)):
-            trained += 1
+    counts = RunCounts(len(todo), len(todo) + sum(map(len, twins.values())), executor.workers)
+    counts.done = len(summary.ran)
+    view = (LiveView(console, counts, left, isinstance(executor, InProcess)) if console.is_terminal
+            else LogView(console, counts, len(cells), heartbeat))
+    with view:
+        for cell, record in executor.run(todo, data, workspace, view.start, view.step):
+            counts.trained, counts.workers = counts.trained + 1, executor.workers  # a cluster's is known once it runs
             group = [cell, *twins[cell.key]]
             if record is None:  # its worker died: left unfinished for the next run
                 summary.unfinished += group
+                shown = [(c, None) for c in group]
             elif record["status"] == FAILED:
-                summary.failed.append((cell, record))
-                console.print(f"[red]failed[/red] {cell.key.id}: {record['traceback'].strip().splitlines()[-1]}")
-                summary.failed += [(twin, record_failure(store, twin, f"shares the config of {cell.key.id}, "
-                                                         f"which failed:\n{record['traceback']}"))
-                                   for twin in group[1:]]
+                shown = [(cell, record)] + [(twin, record_failure(store, twin, f"shares the config of {cell.key.id}, "
+                                                                  f"which failed:\n{record['traceback']}"))
+                                            for twin in group[1:]]
+                summary.failed += shown
             else:
-                summary.ran.append((cell, record))
-                summary.ran += [(twin, share_result(cell, twin, store)) for twin in group[1:]]
-            waiting -= len(group)
-            progress.advance(overall, len(group))
-            describe()
-        progress.update(overall, description=f"cells (done {len(summary.ran)}, failed {len(summary.failed)})")
+                shown = [(cell, record)] + [(twin, share_result(cell, twin, store)) for twin in group[1:]]
+                summary.ran += shown
+            counts.waiting -= len(group)
+            counts.done, counts.failed = len(summary.ran), len(summary.failed)
+            view.finished(shown)
     return summary
 
 
 def summary_table(summary: Summary, title: str) -> Table:
-    """One row per cell: its test metrics (first three), selected epoch and wall time."""
+    """One row per cell: its test metrics (first three), selected epoch and wall time. Print it
+    with ``tables.print_rich``: no cell id or number is cut."""
     table = Table(title=title)
     for column in ("cell", "status", "test metrics", "epoch", "s"):
         table.add_column(column, no_wrap=column != "test metrics")
@@ -392,49 +514,10 @@ def summary_table(summary: Summary, title: str) -> Table:
             shown = "  ".join(f"{name} {test[name]:.3f}" for name in list(test)[:3])
         seconds = record.get("timing", {}).get("cell_seconds")
         k = cell.key
-        table.add_row(f"{k.variant} {k.task} f{k.fold} s{k.seed}",
-                      record["status"] + (" (cached)" if k in cached else "")
-                      + (f" (= {record['shared_from'].split('__')[0]})" if record.get("shared_from") else ""), shown,
-                      str(record.get("best_epoch", "-")), f"{seconds:.0f}" if seconds else "-")
-    return table
-
-
-def comparison_table(summary: Summary, request: Request, title: str) -> Table:
-    """One row per variant, one column per task: the selection metric's mean +- sample std over
-    seeds (and folds), N, and the mean difference from the first variant on matched cells."""
-    import numpy as np
-
-    from ctal_bench.metrics import HIGHER_IS_BETTER
-
-    values: dict[tuple[str, str], dict[tuple[str, int], float]] = {}
-    for cell, record in summary.records:
-        if record["status"] == DONE:
-            metric = TASKS.get(cell.key.task).selection_metric
-            values.setdefault((cell.key.variant, cell.key.task), {})[(cell.key.fold, cell.key.seed)] = \
-                record["metrics"]["test"][metric]
-    table = Table(title=title, caption="test split; mean +- sample std (N); delta = mean paired "
-                  "difference from the first row on the same seeds and folds")
-    table.add_column("variant", no_wrap=True)
-    for task in request.tasks:
-        metric = TASKS.get(task).selection_metric
-        table.add_column(f"{task} {metric} {'↑' if HIGHER_IS_BETTER[metric] else '↓'}", justify="right")
-    reference = request.variants[0].name
-    for variant in request.variants:
-        row = [variant.name]
-        for task in request.tasks:
-            own = values.get((variant.name, task), {})
-            if not own:
-                row.append("-")
-                continue
-            x = np.array(list(own.values()))
-            text = f"{x.mean():.3f} ± {x.std(ddof=1):.3f} ({len(x)})" if len(x) > 1 else f"{x[0]:.3f} (1)"
-            base = values.get((reference, task), {})
-            shared = sorted(set(own) & set(base))
-            if variant.name != reference and shared:
-                delta = np.mean([own[k] - base[k] for k in shared])
-                text += f"  Δ {delta:+.3f}"
-            row.append(text)
-        table.add_row(*row)
+        table.add_row(Text(f"{k.variant} {k.task} f{k.fold} s{k.seed}"),
+                      Text(record["status"] + (" (cached)" if k in cached else "")
+                           + (f" (= {record['shared_from'].split('__')[0]})" if record.get("shared_from") else "")),
+                      Text(shown), str(record.get("best_epoch", "-")), f"{seconds:.0f}" if seconds else "-")
     return table
 
 
@@ -475,9 +558,11 @@ def plan_table(rows: list[dict], title: str) -> Table:
 
 
 def execute(decl: Declarations, request: Request, results: Path, data_dir: Path | None, title: str,
-            executor_for=None, comparison: bool = False, dry_run: bool = False, fmt: str = "table") -> int:
+            executor_for=None, comparison: bool = False, dry_run: bool = False, fmt: str = "table",
+            sweep: str | None = None) -> int:
     """Run the request's cells (on ``executor_for(number of cells to train)``), refresh the suite's report, and
-    print the per-cell summary before it or (``comparison``) one row per variant against the first after it.
+    print the per-cell summary before it or (``comparison``) after it the report's own ablation table (or,
+    with ``sweep``, its table of that sweep) of each dataset and scale: the same numbers and tests.
 
     A comparison that ran nothing leaves the suite's report as the run that made its cells wrote it:
     ``ablate`` after a paper run prints its table in seconds, not after minutes of re-testing.
@@ -502,14 +587,17 @@ def execute(decl: Declarations, request: Request, results: Path, data_dir: Path 
     for tuned in request.tuned.values():
         console.print(f"tuned settings: {tuned.source}")
     summary = run_cells(cells, data, ResultsStore(results), console, executor_for)
-    if not comparison:
-        console.print(summary_table(summary, title))
-    if summary.ran or (summary.skipped and not comparison):
-        from ctal_bench import report
+    from ctal_bench import report
 
+    if not comparison:
+        tables.print_rich(console, summary_table(summary, title))
+    if summary.ran or (summary.skipped and not comparison):
         report.report(results, decl, [request.suite], console=console)
     if comparison:
-        console.print(comparison_table(summary, request, title))
+        console.print(title)
+        for group, table in report.comparison_tables(ResultsStore(results).records(request.suite), decl,
+                                                     request.suite, sweep):
+            tables.print_rich(console, tables.to_rich(table, f"{request.suite} · {group}"))
     if summary.failed:
         console.print(f"[red]{len(summary.failed)} of {len(cells)} cells failed:[/red] "
                       + ", ".join(cell.key.id for cell, _ in summary.failed)
@@ -544,7 +632,7 @@ def ablate_from_cli(args) -> int:
     _validate(decl, request)
     return execute(decl, request, args.results, args.data_dir,
                    f"ablation {', '.join(a.name for a in chosen)} (suite {suite.name})", executor_from_args(args),
-                   comparison=True, dry_run=args.dry_run, fmt=args.format)
+                   comparison=True, dry_run=args.dry_run, fmt=args.format, sweep=args.sweep)
 
 
 def find_ablation(decl: Declarations, part: str):

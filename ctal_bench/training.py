@@ -2,7 +2,9 @@
 
 The recipe supplies the batches, the loss and (optionally) a dev evaluation; the loop does the
 optimiser, the per-step schedule, gradient clipping, bf16 autocast on CUDA, best-epoch selection
-and early stopping on dev, throughput accounting and resumable checkpoints.
+and early stopping on dev, throughput accounting and resumable checkpoints. Training steps run
+under autocast; the dev evaluation does not: it runs in fp32, as the dev and test scores a
+record keeps are computed, so the score that selected an epoch is the score recorded for it.
 """
 from __future__ import annotations
 
@@ -113,10 +115,10 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], steps_per_e
         row = {"epoch": epoch, **{f"train_{k}": v.item() for k, v in means.items()}}
         row["train_loss"] = sum(v for k, v in row.items() if k.startswith("train_"))
 
-        # ---- select on dev only
+        # ---- select on dev only, in fp32: the precision of the recorded dev and test scores
         if evaluate is not None:
             model.eval()
-            with torch.no_grad(), _autocast(device):
+            with torch.no_grad():
                 score = evaluate()
             row["dev_score"] = score
             if result.best_score is None or is_better(selection_metric, score, result.best_score):

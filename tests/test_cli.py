@@ -1,4 +1,5 @@
 """The command line as a user meets it: exit codes and one-line messages."""
+import json
 import os
 import subprocess
 import sys
@@ -8,8 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench(*args, cwd=ROOT):
-    env = {**os.environ, "COLUMNS": "250"}  # rich wraps tables to the terminal width
+def bench(*args, cwd=ROOT, columns="250"):
+    env = {**os.environ, "COLUMNS": columns}  # rich wraps tables to the terminal width
     return subprocess.run([sys.executable, str(ROOT / "bench.py"), *args], capture_output=True, text=True,
                           cwd=cwd, timeout=120, env=env)
 
@@ -41,6 +42,27 @@ def test_list_ablations_and_suites():
     assert "Causal audio self-attention" in proc.stdout  # the summary is shown
     proc = bench("list", "suites")
     assert "smoke" in proc.stdout and "paper" in proc.stdout
+
+
+def test_piped_list_never_shortens_a_name_and_json_is_for_scripts():
+    """`list ablations | grep NAME` finds every name in 80 columns; descriptions wrap instead."""
+    from ctal_bench import declarations
+
+    names = list(declarations.load().ablations)
+    proc = bench("list", "ablations", columns="80")
+    assert proc.returncode == 0, proc.stderr
+    assert "…" not in proc.stdout
+    for name in names:
+        assert any(line.startswith(f"│ {name} ") for line in proc.stdout.splitlines()), name
+    for what in ("suites", "scales", "models", "tasks", "datasets"):
+        assert "…" not in bench("list", what, columns="80").stdout, what
+    proc = bench("list", "ablations", "--format", "json", columns="80")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [row["ablation"] for row in rows] == names
+    assert next(r for r in rows if r["ablation"] == "mask_ratio")["values"] == [0.05, 0.15, 0.3, 0.5]
+    models = json.loads(bench("list", "models", "--format", "json").stdout)
+    assert all(isinstance(n, int) for row in models for n in row["parameters"].values())
 
 
 def test_list_models_shows_parameter_counts():

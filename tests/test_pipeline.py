@@ -1,6 +1,7 @@
 """End to end on the tiny synth build: cells written, resumed, failures recorded, reproducible."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from ctal_bench.finetune import build_model
 from ctal_bench.pretrain import pretrain_losses
 from ctal_bench.registry import TASKS
 from ctal_bench.training import Schedule, fit
-from ctal_bench.runner import base_config
+from ctal_bench.runner import base_config, suite_variants
 from processes import start_bench
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +49,9 @@ def test_run_writes_cells_reuses_pretraining_and_resumes(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = cells(results)
     assert len(written) == 3 and all(r["status"] == "done" for r in written.values())
+    # stdout is a pipe here, as in `run > log.txt`: a plain line per finished cell (issue 25, item 6)
+    for i, task in enumerate(("emotion", "sentiment", "verification"), 1):
+        assert f"cell {i}/3 done ctal__{task}__synth__fold-0__seed-0: " in proc.stdout, proc.stdout[-3000:]
     for name, record in written.items():
         assert record["config_hash"] and record["environment"]["versions"]["torch"]
         assert record["curves"]["finetune"] and record["curves"]["pretrain"]
@@ -248,13 +252,14 @@ def test_ablate_runs_ctal_and_the_variants_and_prints_their_comparison(tmp_path,
     assert sorted(r["pretrain"]["reused"] for r in written.values()) == [False, True, True]
     ua = {name.split("__")[0]: r["metrics"]["test"]["ua"] for name, r in written.items()}
     table = proc.stdout[proc.stdout.index("ablation no_fusion, no_orthogonality_loss"):]
-    assert "emotion ua ↑" in table
-    assert f"{ua['ctal']:.3f} (1)" in table
+    # the report's ablation table (seeds are the replicates, one here: no test, no mark)
+    assert "Ablations of CTAL (smoke · synth)" in table and "emotion ua ↑" in table
+    assert re.search(rf"│ ctal +│ +{ua['ctal']:.3f} +│", table), table
     for variant in ("no_fusion", "no_orthogonality_loss"):
-        assert f"{ua[variant]:.3f} (1)  Δ {ua[variant] - ua['ctal']:+.3f}" in table
+        assert f"{ua[variant]:.3f} (Δ {ua[variant] - ua['ctal']:+.3f})" in table
     assert "tables in" not in table, "the comparison is the last thing printed, after the suite's report"
     # Again, with every cell done: the same table at once, the report left as it is.
-    tables = results / "tables" / "smoke" / "main.md"
+    tables = results / "tables" / "smoke" / "synth" / "main.md"
     written_at = tables.stat().st_mtime_ns
     again = bench("ablate", "--drop", "fusion", "orthogonality loss", "--suite", "smoke", "--tasks", "emotion",
                   "--results", str(results), *TINY, data_dir=data_dir)
@@ -295,12 +300,32 @@ def test_the_paper_suite_runs_every_variant_and_reports_every_table(tmp_path, da
                  "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1", data_dir=data_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = cells(results, "paper")
-    assert len(written) == 18 * 3 and all(r["status"] == "done" for r in written.values())
+    decl = declarations.load()
+    variants = suite_variants(decl, decl.suites.get("paper"), None)  # 19 since the reseeded negative control
+    assert len(written) == len(variants) * 3 and all(r["status"] == "done" for r in written.values())
     assert {name for name, r in written.items() if r.get("shared_from")} == {
         f"mask_ratio=0.15__{task}__synth__fold-0__seed-0.json" for task in ("emotion", "sentiment", "verification")}
-    tables_dir = results / "tables" / "paper"
+    tables_dir = results / "tables" / "paper" / "synth"
     for name in ("main", "ablations", "sweep-mask_ratio"):
         assert (tables_dir / f"{name}.md").exists() and (tables_dir / f"{name}.tex").exists()
     assert (tables_dir / "main.per_example.csv").exists()
     figures = {p.name for p in (results / "figures" / "paper").iterdir()}
     assert {"det-verification.png", "sweep-mask_ratio-emotion.png", "seeds-sentiment.pdf"} <= figures
+
+
+def test_a_run_on_real_data_of_the_same_suite_gets_its_own_tables(tmp_path, data_dir):
+    """synth and a real-format MOSI fixture in one results folder: a table each, never their mean."""
+    from fixtures import make_mmsa
+
+    mosi = make_mmsa(tmp_path / "mosi")
+    results = tmp_path / "results"
+    run = ("run", "--suite", "smoke", "--tasks", "sentiment", "--results", str(results), *TINY)
+    assert bench(*run, data_dir=data_dir).returncode == 0
+    proc = bench(*run, "--data", f"mosi={mosi}", "--set", "data.pretrain_dataset=synth", data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = cells(results)
+    assert sorted(written) == [f"ctal__sentiment__{d}__fold-0__seed-0.json" for d in ("mosi", "synth")]
+    for dataset in ("synth", "mosi"):
+        main = (results / "tables" / "smoke" / dataset / "main.md").read_text()
+        mae = written[f"ctal__sentiment__{dataset}__fold-0__seed-0.json"]["metrics"]["test"]["mae"]
+        assert f"test split of {dataset}, scale smoke" in main and re.search(rf"\| ctal \| \**{mae:.3f}\** \|", main)

@@ -258,3 +258,110 @@ def test_pretrain_curves_written_only_where_a_pretraining_is(results, tmp_path):
     baselines = [r for r in records if r["cell"]["variant"] == "tfn"]
     assert plots.pretrain_curves(baselines, tmp_path / "none") == []
     _assert_figures(plots.learning_curves(baselines, tmp_path / "tfn"), {f"curves-{t}" for t in TASK_METRICS})
+
+
+# ---- figures a paper can use (issue 25, item 8) ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def paper_sized(tmp_path_factory):
+    """Every variant of the declared paper suite (models, ablations, sweep values), 3 seeds on
+    each task of two datasets, in an alphabetical mix as the results store lists them."""
+    from ctal_bench import catalog, declarations
+    from ctal_bench.runner import suite_variants
+
+    catalog.load()
+    decl = declarations.load()
+    variants = suite_variants(decl, decl.suites.get("paper"), None)
+    assert len(variants) >= 18
+    store = ResultsStore(tmp_path_factory.mktemp("paper"))
+    rng = np.random.default_rng(5)
+    for variant in sorted(variants, key=lambda v: v.name):
+        for dataset in ("synth", "mosi"):
+            for task, (metric, level) in TASK_METRICS.items():
+                for seed in SEEDS:
+                    key = CellKey("paper", variant.name, task, dataset, "0", seed)
+                    curve = _finetune_curve(rng, level)
+                    store.write(key, {
+                        "status": DONE, "config_hash": "h", "model": variant.model, "ablation": variant.ablation,
+                        "sweep_value": variant.sweep_value, "scale": "smoke",
+                        "metrics": {"test": {metric: level + 0.002 * rng.normal()}}, "parameters": 1000,
+                        "timing": {"train_samples_per_second": float(200 + rng.normal())},  # one cluster
+                        "best_epoch": int(np.argmax([row["dev_score"] for row in curve])),
+                        "config": {"finetune": {"epochs": EPOCHS, "patience": 3}},
+                        "curves": {"finetune": curve, "pretrain": None}, "pretrain": None,
+                        "extra": {"confusion_matrix": _confusion(rng)} if task == "emotion" else {}})
+                    if task == "verification":
+                        store.write_predictions(key, _trials(rng, TRIALS_PER_CELL))
+    order = [v.name for v in variants]
+    return store, list(store.records("paper")), order
+
+
+def _label_boxes(fig) -> list[tuple[str, object]]:
+    """(text, window extent) of every visible tick label, annotation and legend entry of ``fig``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    def drawn(labels, limits, coordinate):  # matplotlib keeps labels of ticks outside the view, undrawn
+        low, high = sorted(limits)
+        span = high - low
+        return [t for t in labels if low - 1e-9 * span <= t.get_position()[coordinate] <= high + 1e-9 * span]
+
+    texts = []
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        texts += drawn(ax.get_xticklabels(), ax.get_xlim(), 0) + drawn(ax.get_yticklabels(), ax.get_ylim(), 1)
+        texts += list(ax.texts)
+        if ax.get_legend() is not None:
+            texts += ax.get_legend().get_texts()
+    for legend in fig.legends:
+        texts += legend.get_texts()
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def _overlaps(boxes) -> list[tuple[str, str]]:
+    found = []
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1:]:
+            width = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+            height = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+            if width > 1 and height > 1:  # pixels: touching is fine
+                found.append((a, b))
+    return found
+
+
+def test_figures_at_the_paper_suites_size_have_no_overlapping_labels(paper_sized, tmp_path, monkeypatch):
+    store, records, order = paper_sized
+    figures = {}
+    real_save = plots._save
+
+    def keep(fig, out_dir, stem):
+        figures[stem] = fig
+        return real_save(fig, out_dir, stem)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.write_all(frame(records), records, store.root / "runs", tmp_path, ["mask_ratio"], order=order,
+                    reference="late_fusion")
+    assert {"seeds-emotion", "throughput-emotion", "sweep-mask_ratio-emotion", "det-verification",
+            "curves-emotion"} <= set(figures)
+    for stem, fig in figures.items():
+        assert not _overlaps(_label_boxes(fig)), (stem, _overlaps(_label_boxes(fig))[:5])
+
+
+def test_seed_figures_list_variants_down_the_page_grouped_with_the_reference_marked(paper_sized, tmp_path,
+                                                                                     monkeypatch):
+    store, records, order = paper_sized
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, stem: figures.setdefault(stem, fig) and [])
+    plots.seed_distributions(frame(records), tmp_path, order=order, reference="late_fusion")
+    ax = figures["seeds-emotion"].axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    expected = [name + (" (reference)" if name == "late_fusion" else "") for name in order]
+    assert labels == expected  # models, then ablations, then sweep values: the suite's order, top down
+    # without a declared order: models, then ablations, then each sweep by value
+    cells = frame(records)
+    grouped = plots.variant_order(cells)
+    plain = set(cells.loc[cells["ablation"] == "", "variant"])
+    swept = list(cells.loc[cells["sweep_value"].notna()].sort_values("sweep_value")["variant"].drop_duplicates())
+    assert set(grouped[:len(plain)]) == plain and grouped[-len(swept):] == swept

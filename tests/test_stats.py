@@ -45,7 +45,30 @@ def test_direction_flips_for_lower_is_better():
 
 def test_identical_scores_give_p_one_not_nan():
     c = stats.compare_seeds([0.5, 0.6, 0.7], [0.5, 0.6, 0.7], higher_is_better=True)
-    assert c.p_value == 1.0 and c.difference == 0.0 and not c.a_is_better
+    assert c.p_value == 1.0 and c.difference == 0.0 and not c.a_is_better and c.zero_variance
+
+
+def test_a_constant_nonzero_difference_has_no_p_value_not_p_zero():
+    """scipy's t is infinite and its p 0 here: the t-test is undefined, and says so (issue 25, item 2)."""
+    c = stats.compare_seeds([0.6, 0.7], [0.5, 0.6], higher_is_better=True)
+    assert math.isnan(c.p_value) and c.zero_variance
+    assert c.difference == pytest.approx(0.1) and (c.ci_low, c.ci_high) == pytest.approx((0.1, 0.1))
+    c = stats.compare_seeds([0.6, 0.7, 0.8 + 1e-15], [0.5, 0.6, 0.7], higher_is_better=True)  # rounding noise
+    assert math.isnan(c.p_value) and c.zero_variance
+    varied = stats.compare_seeds([0.6, 0.71, 0.8], [0.5, 0.6, 0.7], higher_is_better=True)
+    assert 0 < varied.p_value < 1 and not varied.zero_variance
+
+
+def test_the_rank_test_limit_is_the_paired_wilcoxons_not_mann_whitneys():
+    """At N = 5 the paired Wilcoxon's smallest two-sided p is 2 / 2^5 = 0.0625; Mann-Whitney's at
+    5 vs 5 is 2 / C(10, 5) = 0.0079, so the module must not say "a rank test" cannot reach 0.05."""
+    a, b = np.arange(5) + 10.0, np.arange(5) * 0.1
+    assert sp.wilcoxon(a, b).pvalue == pytest.approx(0.0625)
+    assert sp.wilcoxon(np.append(a, 15), np.append(b, 0.5)).pvalue == pytest.approx(0.03125)
+    assert sp.mannwhitneyu(a, b).pvalue == pytest.approx(2 / 252)
+    assert stats.RANK_TEST_MIN_N == 6
+    doc = " ".join((stats.__doc__ + stats.SeedComparison.rank_test_verdict.__doc__).split())
+    assert "Wilcoxon" in doc and "Mann-Whitney" in doc and "a rank test cannot" not in doc
 
 
 def test_aso_is_deepsigs_and_orders_clear_cases_also_when_compared_in_worker_processes():
@@ -81,6 +104,11 @@ def test_holm_and_bh_match_statsmodels():
     np.testing.assert_allclose(stats.correct(p, "holm"), multipletests(p, method="holm")[1])
     np.testing.assert_allclose(stats.correct(p, "fdr_bh"), multipletests(p, method="fdr_bh")[1])
     assert stats.correct([], "holm").size == 0
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 7, 40):
+        for p in (rng.random(size), rng.random(size) ** 4, np.round(rng.random(size), 1)):  # ties too
+            for method in ("holm", "fdr_bh"):
+                np.testing.assert_allclose(stats.correct(p, method), multipletests(p, method=method)[1])
 
 
 def test_mcnemar_exact_matches_statsmodels():
