@@ -41,20 +41,27 @@ class DataPipeline:
         self._features: dict[tuple[str, str], np.ndarray] = {}  # (feature cfg hash, uid) -> (T, 160)
         self._tokenizers: dict[tuple[str, int], object] = {}
 
+    def root(self, name: str, size: str) -> Path:
+        """A dataset's directory: the one --data gave, else synth's build under the data dir."""
+        DATASETS.get(name)  # unknown name -> "did you mean"
+        if name in self.data_paths:
+            return self.data_paths[name]
+        if name == "synth":
+            from ctal_bench.data import synth
+
+            return synth.build_root(self.data_dir, size)
+        raise UserError(f"dataset {name!r} is on your disk, not built in: pass --data {name}=PATH")
+
     def dataset(self, name: str, size: str) -> Dataset:
         """Open a registered dataset; ``synth`` is built (or verified) under the data dir."""
         key = (name, size if name == "synth" else "")
         if key not in self._datasets:
-            cls = DATASETS.get(name)
-            if name in self.data_paths:
-                root = self.data_paths[name]
-            elif name == "synth":
+            root = self.root(name, size)
+            if name == "synth" and name not in self.data_paths:
                 from ctal_bench.data import synth
 
                 root = synth.build(self.data_dir, size, workers=self.workers, progress=self.progress)
-            else:
-                raise UserError(f"dataset {name!r} is on your disk, not built in: pass --data {name}=PATH")
-            self._datasets[key] = cls(root)
+            self._datasets[key] = DATASETS.get(name)(root)
         return self._datasets[key]
 
     def pretraining_source(self, cfg: Config) -> tuple[str, str]:
@@ -69,8 +76,7 @@ class DataPipeline:
             else:
                 raise UserError(f"dataset {cfg.data.dataset!r} has no pre-training corpus: pass "
                                 "--data librispeech=PATH or --set data.pretrain_dataset=synth")
-        directory = self.data_paths[name].name if name in self.data_paths else f"{name}-{cfg.data.size}"
-        return name, directory
+        return name, self.root(name, cfg.data.size).name
 
     def pretraining_dataset(self, cfg: Config) -> Dataset:
         """The corpus that pre-trains CTAL and trains the tokenizer."""

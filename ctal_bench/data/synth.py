@@ -651,6 +651,11 @@ def _replace_dir(staged: Path, root: Path) -> None:
         os.replace(staged, root)
 
 
+def build_root(data_dir: Path, size: str) -> Path:
+    """Where ``build`` puts (and looks for) the build of a size."""
+    return Path(data_dir) / f"synth-{size}"
+
+
 def build(data_dir: Path, size: str = "default", workers: int = 2, progress: bool = True) -> Path:
     """Build ``data_dir / f"synth-{size}"`` (or verify and reuse a finished identical build).
 
@@ -661,7 +666,7 @@ def build(data_dir: Path, size: str = "default", workers: int = 2, progress: boo
     if workers < 1:
         raise UserError(f"workers must be >= 1, got {workers}")
     data_dir = Path(data_dir)
-    root = data_dir / f"synth-{size}"
+    root = build_root(data_dir, size)
     generation = generation_parameters(size)
     engine_versions = versions()
     if _reusable(root, generation, engine_versions):
