@@ -64,7 +64,7 @@ def test_dry_run_shows_every_cell_and_trains_and_writes_nothing(tmp_path):
     results, data = tmp_path / "results", tmp_path / "data"
     proc = bench("run", "--suite", "paper", "--dry-run", "--results", str(results), "--data-dir", str(data))
     assert proc.returncode == 0, proc.stderr
-    assert "270 cells" in proc.stdout and "no_cross_modal_pretraining" in proc.stdout  # names never cut
+    assert "285 cells" in proc.stdout and "no_cross_modal_pretraining" in proc.stdout  # names never cut
     proc = bench("ablate", "--drop", "fusion", "--dry-run", "--format", "json", "--results", str(results),
                  "--data-dir", str(data))
     assert proc.returncode == 0, proc.stderr
