@@ -449,7 +449,11 @@ def init_weights(path: Path, model_cfg: ModelConfig, frame_stack: int) -> tuple[
     fixes must agree, and it reads single 160-d frames (the error lists the flags)."""
     state = _converted_state(path)
     record = state["record"]
-    wrong = {f"model.{k}": v for k, v in record["model_config"].items() if getattr(model_cfg, k) != v}
+    needed = record["model_config"]
+    wrong = {k: v for k, v in needed.items() if getattr(model_cfg, k) != v}
+    if "size" in wrong:  # another preset fills every size field anew: ask for all the network fixes
+        wrong = dict(needed)
+    wrong = {f"model.{k}": v for k, v in wrong.items()}
     if frame_stack != 1:
         wrong["data.frame_stack"] = 1
     if wrong:

@@ -179,9 +179,22 @@ def test_model_settings_apply_after_the_scale_and_before_overrides():
     assert ctal.finetune.lr == 1e-3 and ctal.finetune.weight_decay == 0.01  # scale, default
     assert tfn.finetune.epochs == ctal.finetune.epochs == 3  # --set last
     assert tfn.model.size == ctal.model.size == "mini"  # sizes come from the scale
-    # the scale's CTAL switch reaches CTAL only (a baseline has no such part and would reject it)
-    assert ctal.model.orthogonality_weight == 0.03 and tfn.model.orthogonality_weight == 1.0
     assert tfn.finetune.epochs == ctal.finetune.epochs == 3  # --set wins
+
+
+def test_a_scales_ctal_switch_reaches_ctal_only(tmp_path):
+    """A baseline has no such part and would reject the value, so the scale's value skips it."""
+    from ctal_bench.declarations import Variant
+    from ctal_bench.runner import Request, cell_config
+
+    write(tmp_path, '[scale.switched]\nsummary = "x"\nextends = "smoke"\n'
+                    'set = { "model.orthogonality_weight" = 0.03 }\n')
+    decl = declarations.load(tmp_path)
+    suite = decl.suites.get("paper")
+    request = Request("paper", (), ("emotion",), (0,), "switched")
+    tfn = cell_config(decl, suite, request, Variant("tfn", "tfn"), "emotion", 0)
+    ctal = cell_config(decl, suite, request, Variant("ctal", "ctal"), "emotion", 0)
+    assert ctal.model.orthogonality_weight == 0.03 and tfn.model.orthogonality_weight == 1.0
 
 
 def test_every_cell_of_a_shipped_suite_has_the_same_budget():
