@@ -118,6 +118,31 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+# Values a key may take, checked wherever a config is built (TOML, --set, declarations), so a bad
+# value is one line before any work, not a failure in every cell: (low, high, low inclusive).
+_AT_LEAST_1, _POSITIVE, _NON_NEGATIVE, _FRACTION = (1, None, True), (0, None, False), (0, None, True), (0, 1, True)
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "finetune.epochs": _AT_LEAST_1, "finetune.batch_size": _AT_LEAST_1, "finetune.lr": _POSITIVE,
+    "finetune.patience": _NON_NEGATIVE, "finetune.weight_decay": _NON_NEGATIVE, "finetune.clip": _NON_NEGATIVE,
+    "finetune.warmup": _FRACTION,
+    "pretrain.epochs": _AT_LEAST_1, "pretrain.batch_size": _AT_LEAST_1, "pretrain.lr": _POSITIVE,
+    "pretrain.weight_decay": _NON_NEGATIVE, "pretrain.clip": _NON_NEGATIVE, "pretrain.warmup": _FRACTION,
+    "pretrain.mlm_prob": _FRACTION, "pretrain.mask_ratio": _FRACTION, "pretrain.span_min": _AT_LEAST_1,
+    "pretrain.span_max": _AT_LEAST_1, "run.threads": _NON_NEGATIVE, "run.workers": _AT_LEAST_1,
+}
+
+
+def _check_range(key: str, value: Any) -> None:
+    if key not in RANGES:
+        return
+    low, high, inclusive = RANGES[key]
+    below = value < low if inclusive else value <= low
+    if below or (high is not None and value > high):
+        expected = (f"in [{low}, {high}]" if high is not None else
+                    f"at least {low}" if inclusive else f"greater than {low}")
+        raise UserError(f"config key {key!r} must be {expected}, got {value!r}")
+
+
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -168,6 +193,7 @@ def merge(obj, updates: dict[str, Any], prefix: str = ""):
             changes[key] = merge(getattr(obj, key), value, prefix=f"{dotted}.")
         else:
             changes[key] = _coerce(dotted, value, tp)
+            _check_range(dotted, changes[key])
     return dataclasses.replace(obj, **changes)
 
 

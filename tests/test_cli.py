@@ -86,6 +86,14 @@ def test_wrong_type_is_named(tmp_path):
     assert_user_error(proc, "finetune.epochs", "expects int")
 
 
+def test_out_of_range_value_is_refused_before_any_work(tmp_path):
+    for override, needle in (("finetune.epochs=0", "must be at least 1"), ("finetune.lr=-1", "greater than 0")):
+        proc = bench("run", "--suite", "smoke", "--set", override, "--results", str(tmp_path / "results"),
+                     "--data-dir", str(tmp_path / "data"))
+        assert_user_error(proc, override.split("=")[0], needle)
+        assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+
+
 def test_unknown_ablation_for_drop():
     assert_user_error(bench("ablate", "--drop", "fusoin", "--suite", "smoke"), "unknown ablation", "no_fusion")
 

@@ -72,3 +72,25 @@ def test_toml_loading(tmp_path):
 def test_parse_override_reads_toml_values():
     assert parse_override("a.b=[1, 2]") == {"a": {"b": [1, 2]}}
     assert parse_override("a=word") == {"a": "word"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("finetune.epochs=0", "'finetune.epochs' must be at least 1, got 0"),
+    ("finetune.lr=-1", "'finetune.lr' must be greater than 0, got -1.0"),
+    ("finetune.lr=0", "'finetune.lr' must be greater than 0"),
+    ("pretrain.mask_ratio=1.5", "'pretrain.mask_ratio' must be in [0, 1], got 1.5"),
+    ("finetune.patience=-2", "'finetune.patience' must be at least 0"),
+])
+def test_out_of_range_values_are_refused_with_the_key(override, message):
+    with pytest.raises(UserError) as e:
+        apply_overrides(Config(), [override])
+    assert message in str(e.value)
+
+
+def test_every_default_is_in_range():
+    from ctal_bench.config import RANGES, to_dict
+
+    flat = {f"{section}.{key}": value for section, values in to_dict(Config()).items()
+            for key, value in values.items() if not isinstance(value, dict)}
+    assert set(RANGES) <= set(flat)
+    apply_overrides(Config(), {key: flat[key] for key in RANGES})  # raises if a default is out of range
