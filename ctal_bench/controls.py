@@ -19,10 +19,9 @@ from ctal_bench import stats
 from ctal_bench.declarations import Control
 from ctal_bench.metrics import HIGHER_IS_BETTER
 from ctal_bench.results import metric_column
-from ctal_bench.tables import Entry, TableData
+from ctal_bench.tables import MIN_MARK_N, Entry, TableData, per_seed
 
 ALPHA = 0.05
-MIN_SEEDS = 3  # below this a t-test over seeds says nothing worth a verdict
 
 
 def testable(controls: Sequence[Control], cells: pd.DataFrame) -> list[Control]:
@@ -31,32 +30,24 @@ def testable(controls: Sequence[Control], cells: pd.DataFrame) -> list[Control]:
     return [c for c in controls if all((v, c.task, c.dataset) in present for v in (*c.better, *c.worse))]
 
 
-def _per_seed(cells: pd.DataFrame, variant: str, control: Control, column: str) -> pd.Series:
-    """Seed -> the metric on the control's task and dataset (folds averaged within a seed), NaN-free."""
-    rows = cells[(cells["variant"] == variant) & (cells["task"] == control.task) & (cells["dataset"] == control.dataset)]
-    if column not in rows:
-        return pd.Series(dtype=float)
-    return rows.groupby("seed")[column].mean().dropna()
-
-
 def evaluate(controls: Sequence[Control], cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per comparison of ``controls`` on the cells of one suite.
+    """One row per comparison of ``controls`` on the cells of one suite, dataset and scale.
 
     ``difference`` is mean(A - B) signed so that positive = A better (lower MAE or EER counts as
     better), with its 95% t-interval; ``p`` is the paired t-test's, ``p_holm`` after Holm over
-    every comparison with at least MIN_SEEDS matched seeds.
+    every comparison with at least MIN_MARK_N matched seeds (the tables' own minimum for a mark).
     """
     rows = []
     for control in controls:
         column = metric_column(control.metric, control.subset)
         sign = 1.0 if HIGHER_IS_BETTER[control.metric] else -1.0
         for a, b in control.pairs():
-            x, y = _per_seed(cells, a, control, column), _per_seed(cells, b, control, column)
+            x, y = (per_seed(cells, v, control.task, column, control.dataset) for v in (a, b))
             seeds = sorted(set(x.index) & set(y.index))
             row = {"control": control.name, "a": a, "b": b, "task": control.task, "metric": control.metric,
                    "subset": control.subset or "all", "expect": control.expect, "n": len(seeds),
                    "difference": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan}
-            if len(seeds) >= MIN_SEEDS:
+            if len(seeds) >= MIN_MARK_N:
                 result = stats.compare_seeds(x[seeds].to_numpy(), y[seeds].to_numpy(), True)
                 low, high = sorted((sign * result.ci_low, sign * result.ci_high))
                 row.update(difference=sign * result.difference, ci_low=low, ci_high=high, p=result.p_value)
