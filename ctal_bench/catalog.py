@@ -4,18 +4,18 @@ from __future__ import annotations
 import importlib
 
 REGISTERING_MODULES = (
-    "ctal_bench.tasks",
+    "ctal_bench.train.tasks",
     "ctal_bench.models.ctal",
     "ctal_bench.data.synth",
     "ctal_bench.data.iemocap",
     "ctal_bench.data.mmsa",
     "ctal_bench.data.librispeech",
-    "baselines.text_only",
-    "baselines.audio_only",
-    "baselines.late_fusion",
-    "baselines.tfn",
-    "baselines.lmf",
-    "baselines.mult",
+    "ctal_bench.baselines.text_only",
+    "ctal_bench.baselines.audio_only",
+    "ctal_bench.baselines.late_fusion",
+    "ctal_bench.baselines.tfn",
+    "ctal_bench.baselines.lmf",
+    "ctal_bench.baselines.mult",
 )
 
 

@@ -1,4 +1,4 @@
-"""Ablations, suites and scales declared as TOML tables in ablations/*.toml.
+"""Ablations, suites and scales declared as TOML tables in ctal_bench/ablations/*.toml.
 
 Any file may hold any of ``[ablation.NAME]``, ``[suite.NAME]``, ``[scale.NAME]``,
 ``[model.NAME]`` (a registered model's own training settings, e.g. a baseline's published
@@ -19,7 +19,7 @@ from ctal_bench.config import Config, apply_overrides, key_type, load_toml
 from ctal_bench.errors import UserError
 from ctal_bench.registry import DATASETS, MODELS, TASKS, Registry
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "ablations"
+DEFAULT_DIR = Path(__file__).resolve().parent / "ablations"  # shipped as package data
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ class _Entry:
 
 
 def load(directory: Path | None = None) -> Declarations:
-    """Read and validate every ``*.toml`` in ``directory`` (default: the shipped ablations/)."""
+    """Read and validate every ``*.toml`` in ``directory`` (default: the shipped ctal_bench/ablations/)."""
     directory = Path(directory or DEFAULT_DIR)
     files = sorted(directory.glob("*.toml"))
     if not files:

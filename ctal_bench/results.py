@@ -1,21 +1,34 @@
-"""The results store: one JSON file per cell, written atomically, predictions beside it.
+"""The results store: it owns every path under ``--results`` and every reader of what is there.
 
-A cell is (suite, variant, task, dataset, fold, seed); its record carries the full config and
-its hash, so a rerun can skip cells that finished with the same config and redo the rest.
+``runs/<suite>/<cell id>.json`` is a cell's record (its full config and hash, metrics, curves,
+timing, environment), ``<cell id>.preds.csv`` its test predictions, whose row count and digest
+the record holds. A cell is (suite, variant, task, dataset, fold, seed); a rerun skips a cell
+only when its record is readable, finished with the same config hash, and its predictions are
+complete. Anything unreadable is noted in ``damaged`` (file and reason) for the caller to name,
+and the cell runs again. Beside ``runs/``: ``checkpoints/``, ``tables/``, ``figures/``,
+``tuned/``, ``profile/`` and the run lock ``.lock``.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
+import os
 import platform
+import socket
 import subprocess
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, fields
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import pandas as pd
 
-from ctal_bench.files import atomic_write_text
+from ctal_bench.config import config_hash
+from ctal_bench.errors import UserError
+from ctal_bench.files import atomic_write_text, new_file_mode
 
 DONE, FAILED = "done", "failed"
 
@@ -34,52 +47,202 @@ class CellKey:
         return f"{self.variant}__{self.task}__{self.dataset}__fold-{self.fold}__seed-{self.seed}"
 
 
+class Damaged(NamedTuple):
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.reason})"
+
+
 class ResultsStore:
-    """``root/runs/<suite>/<cell id>.json`` and ``<cell id>.preds.csv``."""
+    """Every file under one ``--results`` folder, written atomically and read defensively."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.damaged: dict[Path, Damaged] = {}  # unreadable files met so far, for the caller to name
+
+    # ---- where things are ------------------------------------------------------------------------
+    def runs_dir(self, suite: str) -> Path:
+        return self.root / "runs" / suite
 
     def cell_path(self, key: CellKey) -> Path:
-        return self.root / "runs" / key.suite / f"{key.id}.json"
+        return self.runs_dir(key.suite) / f"{key.id}.json"
 
     def predictions_path(self, key: CellKey) -> Path:
-        return self.root / "runs" / key.suite / f"{key.id}.preds.csv"
+        return self.runs_dir(key.suite) / f"{key.id}.preds.csv"
 
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def tuned(self) -> Path:
+        return self.root / "tuned"
+
+    @property
+    def profiles(self) -> Path:
+        return self.root / "profile"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".lock"
+
+    @contextlib.contextmanager
+    def lock(self, holder: str) -> Iterator[None]:
+        """Hold this folder for one run (``holder``: what runs, for the message). A second run on
+        it stops at once with one line naming the holder, instead of training every cell twice.
+        The kernel drops the lock when its process dies, so a killed run leaves no stale lock."""
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, new_file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held_by = os.pread(fd, 1000, 0).decode("utf-8", errors="replace").strip() or "another run"
+            os.close(fd)
+            raise UserError(f"--results {self.root}: in use by {held_by}; wait for it to finish, or give this "
+                            "run another --results") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{holder} (pid {os.getpid()} on {socket.gethostname()}, since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode("utf-8"), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def tables_dir(self, suite: str, group: str) -> Path:
+        return self.root / "tables" / suite / group
+
+    def figures_dir(self, suite: str) -> Path:
+        return self.root / "figures" / suite
+
+    # ---- writing -----------------------------------------------------------------------------------
     def write(self, key: CellKey, record: dict[str, Any]) -> Path:
         path = self.cell_path(key)
         atomic_write_text(path, json.dumps({"cell": asdict(key), **record}, indent=1, default=_jsonable),
                           durable=True)
+        self.damaged.pop(path, None)
         return path
 
-    def write_predictions(self, key: CellKey, predictions: pd.DataFrame) -> Path:
-        path = self.predictions_path(key)
-        atomic_write_text(path, predictions.to_csv(index=False), durable=True)
-        return path
+    def write_predictions(self, key: CellKey, predictions: pd.DataFrame) -> dict[str, Any]:
+        """Write the predictions; return their fingerprint (rows, digest) for the cell's record."""
+        text = predictions.to_csv(index=False)
+        atomic_write_text(self.predictions_path(key), text, durable=True)
+        return {"rows": len(predictions), "sha256": _digest(text.encode("utf-8"))}
 
+    # ---- reading -----------------------------------------------------------------------------------
     def read(self, key: CellKey) -> dict[str, Any] | None:
-        return _read_json(self.cell_path(key))
+        """The cell's record; None if it is absent or unreadable (then noted in ``damaged``)."""
+        return self._read_record(self.cell_path(key))
 
     def read_predictions(self, key: CellKey) -> pd.DataFrame | None:
-        path = self.predictions_path(key)
-        return pd.read_csv(path) if path.exists() else None
+        record = self.read(key)
+        return None if record is None else self._predictions(key, record)
+
+    def predictions(self, cell_id: str) -> pd.DataFrame | None:
+        """The predictions of ``<suite>/<cell id>`` (a frame's ``cell_id``), checked against the
+        record; None if missing, damaged (noted) or the record is unreadable."""
+        suite, _, name = cell_id.partition("/")
+        path = self.runs_dir(suite) / f"{name}.json"
+        record = self._read_record(path)
+        return None if record is None else self._predictions(CellKey(**record["cell"]), record)
 
     def is_done(self, key: CellKey, config_hash: str) -> bool:
+        """Finished with this config hash, and its predictions complete."""
         record = self.read(key)
-        return bool(record) and record.get("status") == DONE and record.get("config_hash") == config_hash
+        if not (record and record.get("status") == DONE and record.get("config_hash") == config_hash):
+            return False
+        return self._predictions(key, record) is not None
 
     def records(self, suite: str | None = None) -> Iterator[dict[str, Any]]:
         """Every readable cell record (of one suite, or all), in file-name order."""
         pattern = f"{suite}/*.json" if suite else "*/*.json"
         for path in sorted((self.root / "runs").glob(pattern)):
-            record = _read_json(path)
+            record = self._read_record(path)
             if record is not None:
                 yield record
 
+    def _read_record(self, path: Path) -> dict[str, Any] | None:
+        if path.name.startswith("."):
+            return None  # a writer's temporary file
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            return self._note(path, f"not JSON: {error}")
+        except OSError as error:
+            return self._note(path, error.strerror or str(error))
+        problem = _record_problem(record)
+        return self._note(path, problem) if problem else record
+
+    def _predictions(self, key: CellKey, record: dict[str, Any]) -> pd.DataFrame | None:
+        path = self.predictions_path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return self._note(path, "missing") if record.get("status") == DONE else None
+        except OSError as error:
+            return self._note(path, error.strerror or str(error))
+        expected = record.get("predictions")
+        if expected and _digest(data) != expected.get("sha256"):
+            return self._note(path, f"does not match its record (expected {expected.get('rows')} rows)")
+        try:
+            return pd.read_csv(io.BytesIO(data))
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as error:
+            return self._note(path, f"not a CSV table: {str(error).splitlines()[0]}")
+
+    def _note(self, path: Path, reason: str) -> None:
+        self.damaged[path] = Damaged(path, reason)
+        return None
+
+    def take_damaged(self) -> list[Damaged]:
+        """The unreadable files noted since the last call, in path order."""
+        found = [self.damaged[p] for p in sorted(self.damaged)]
+        self.damaged.clear()
+        return found
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+_KEY_FIELDS = {f.name for f in fields(CellKey)}
+
+
+def _record_problem(record: Any) -> str | None:
+    """Why ``record`` is not a cell record this store wrote, or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    cell = record.get("cell")
+    if not isinstance(cell, dict) or set(cell) != _KEY_FIELDS:
+        return "no cell coordinates"
+    if record.get("status") not in (DONE, FAILED) or not isinstance(record.get("config_hash"), str):
+        return "no status or config hash"
+    if record["status"] == DONE:
+        metrics = record.get("metrics")
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("test"), dict):
+            return "a finished cell without test metrics"
+    return None
+
+
+def settings_hash(record: dict[str, Any]) -> str:
+    """What must agree between the cells of one table row: the config without the cell's own
+    coordinates and execution details (``run.*``: seed, device, threads; ``data.fold``), and the
+    declared code versions. Records without a config fall back to their config hash."""
+    config = record.get("config")
+    if not isinstance(config, dict):
+        return record.get("config_hash", "")
+    shared = {k: v for k, v in config.items() if k != "run"}
+    shared["data"] = {k: v for k, v in shared.get("data", {}).items() if k != "fold"}
+    return config_hash({"config": shared, "versions": record.get("versions")})
+
 
 FRAME_COLUMNS = ("suite", "variant", "task", "dataset", "fold", "seed", "model", "ablation", "sweep_value",
-                 "scale", "config_hash", "parameters", "train_samples_per_second", "best_epoch", "epochs",
-                 "patience", "epochs_trained", "cell_id")
+                 "scale", "config_hash", "settings_hash", "parameters", "train_samples_per_second", "best_epoch",
+                 "epochs", "patience", "epochs_trained", "cell_id")
 
 
 def metric_column(metric: str, subset: str = "") -> str:
@@ -110,27 +273,17 @@ def frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         subsets = {metric_column(metric, subset): value
                    for subset, values in record["metrics"].get("test_subsets", {}).items()
                    for metric, value in values.items()}
-        rows.append({**record["metrics"]["test"], **subsets, **asdict(key), "model": record["model"],
+        rows.append({**record["metrics"]["test"], **subsets, **asdict(key), "model": record.get("model", key.variant),
                      "ablation": record.get("ablation", ""),
                      "sweep_value": float("nan") if sweep_value is None else sweep_value,
                      "scale": record.get("scale", ""), "config_hash": record["config_hash"],
+                     "settings_hash": settings_hash(record),
                      "parameters": record.get("parameters"),
                      "train_samples_per_second": record.get("timing", {}).get("train_samples_per_second"),
                      "best_epoch": record.get("best_epoch"), "epochs": budget.get("epochs"),
                      "patience": budget.get("patience"), "epochs_trained": None if curve is None else len(curve),
                      "cell_id": f"{key.suite}/{key.id}"})
     return pd.DataFrame(rows, columns=None if rows else list(FRAME_COLUMNS))
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A record, or None if the file is absent or not a complete JSON object."""
-    if path.name.startswith("."):
-        return None  # a writer's temporary file
-    try:
-        record = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def _jsonable(obj: Any) -> Any:

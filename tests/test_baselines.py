@@ -6,23 +6,24 @@ import importlib
 
 import pytest
 import torch
+from batches import random_batch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from baselines.common import RecurrentEncoder, SubNet, TextSubNet, masked_max, masked_mean, resolve_size
+from ctal_bench.baselines.common import RecurrentEncoder, SubNet, TextSubNet, resolve_size
+from ctal_bench.cli.listing import parameter_count
 from ctal_bench.config import ModelConfig
-from batches import random_batch
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.data.text import SPECIAL_TOKENS
 from ctal_bench.errors import UserError
-from ctal_bench.listing import parameter_count
-from ctal_bench.optim import adamw
+from ctal_bench.models.layers import masked_max, masked_mean
 from ctal_bench.registry import MODELS, TASKS
+from ctal_bench.train.optim import adamw
 
 torch.set_num_threads(1)
 BASELINES = ("text_only", "audio_only", "late_fusion", "tfn", "lmf", "mult")
 for _name in BASELINES:
     importlib.import_module(f"baselines.{_name}")
-importlib.import_module("ctal_bench.tasks")  # registers the tasks whose losses we train with
+importlib.import_module("ctal_bench.train.tasks")  # registers the tasks whose losses we train with
 
 VOCAB = 40
 TOKEN_LENGTHS = (9, 6, 3, 7)

@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctal_bench import catalog, controls, declarations, tables
+from ctal_bench import catalog, declarations
+from ctal_bench.analysis import controls, tables
 from ctal_bench.declarations import Control
 from ctal_bench.results import frame
 

@@ -5,16 +5,16 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import random_batch
 
 from ctal_bench.config import ModelConfig
-from batches import random_batch
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.data.text import SPECIAL_TOKENS
 from ctal_bench.errors import UserError
 from ctal_bench.models.base import Dropout
 from ctal_bench.models.ctal import CTAL, PRESETS, resolve_size
-from ctal_bench.optim import adamw
 from ctal_bench.registry import MODELS
+from ctal_bench.train.optim import adamw
 
 torch.set_num_threads(1)
 VOCAB = 50

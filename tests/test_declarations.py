@@ -7,8 +7,8 @@ from ctal_bench import catalog, declarations
 from ctal_bench.config import apply_overrides
 from ctal_bench.declarations import Param
 from ctal_bench.errors import UserError
+from ctal_bench.experiment.plan import base_config
 from ctal_bench.registry import MODELS
-from ctal_bench.runner import base_config
 
 catalog.load()
 
@@ -168,7 +168,7 @@ def test_a_scale_extends_another_and_overrides_its_keys(tmp_path):
 
 def test_model_settings_apply_after_the_scale_and_before_overrides():
     from ctal_bench.declarations import Variant
-    from ctal_bench.runner import Request, cell_config
+    from ctal_bench.experiment.plan import Request, cell_config
 
     decl = declarations.load()
     suite = decl.suites.get("paper")
@@ -187,7 +187,7 @@ def test_model_settings_apply_after_the_scale_and_before_overrides():
 def test_a_scales_ctal_switch_reaches_ctal_only(tmp_path):
     """A baseline has no such part and would reject the value, so the scale's value skips it."""
     from ctal_bench.declarations import Variant
-    from ctal_bench.runner import Request, cell_config
+    from ctal_bench.experiment.plan import Request, cell_config
 
     write(tmp_path, '[scale.switched]\nsummary = "x"\nextends = "smoke"\n'
                     'set = { "model.orthogonality_weight" = 0.03 }\n')
@@ -200,7 +200,7 @@ def test_a_scales_ctal_switch_reaches_ctal_only(tmp_path):
 
 
 def test_every_cell_of_a_shipped_suite_has_the_same_budget():
-    from ctal_bench.runner import Request, cell_config, suite_variants
+    from ctal_bench.experiment.plan import Request, cell_config, suite_variants
 
     decl = declarations.load()
     for name in decl.suites:
@@ -214,7 +214,7 @@ def test_every_cell_of_a_shipped_suite_has_the_same_budget():
 
 def test_a_declared_budget_exception_reaches_only_its_variant(tmp_path):
     from ctal_bench.declarations import Variant
-    from ctal_bench.runner import Request, cell_config
+    from ctal_bench.experiment.plan import Request, cell_config
 
     write(tmp_path, '[suite.uneven]\nsummary = "x"\ntasks = ["emotion"]\nmodels = ["ctal", "tfn"]\nscale = "smoke"\n'
                     'budget_exceptions = { tfn = { "finetune.epochs" = 99 } }\n')

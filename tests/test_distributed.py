@@ -11,15 +11,16 @@ import torch
 import torch.multiprocessing as mp
 
 from ctal_bench import catalog, declarations
+from ctal_bench.cli.pretrain import command_config
 from ctal_bench.config import Config, apply_overrides
 from ctal_bench.data.batching import AUDIO_DIM, Item
 from ctal_bench.data.prepare import DataPipeline
 from ctal_bench.data.text import CLS_ID, SEP_ID, SPECIAL_TOKENS
-from ctal_bench.distributed import SINGLE_PROCESS, World, from_environment, process_group
-from ctal_bench.errors import UserError
 from ctal_bench.declarations import Variant
-from ctal_bench.pretrain import checkpoint_path, command_config, pretrain_key, pretrained_weights
-from ctal_bench.runner import Request, cell_config
+from ctal_bench.errors import UserError
+from ctal_bench.experiment.plan import Request, cell_config
+from ctal_bench.train.distributed import SINGLE_PROCESS, World, from_environment, process_group
+from ctal_bench.train.pretrain import checkpoint_path, pretrain_key, pretrained_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 40

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import start_bench
 
 from ctal_bench import cli, declarations
-from processes import start_bench
 
 TINY = ["--suite", "smoke", "--set", "data.size=tiny", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
         "--set", "run.threads=1"]
@@ -134,7 +134,8 @@ def test_executor_options_are_checked(capsys):
 def test_jobs_auto_uses_a_worker_per_core_only_for_larger_cpu_runs(monkeypatch):
     from argparse import Namespace
 
-    from ctal_bench.executors import POOL_MIN_CELLS, InProcess, LocalPool, executor_from_args
+    from ctal_bench.cli.common import POOL_MIN_CELLS, executor_from_args
+    from ctal_bench.experiment.executors import InProcess, LocalPool
 
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     auto = executor_from_args(Namespace(executor="local", jobs="auto", address=None, device="cpu"))

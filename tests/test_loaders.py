@@ -3,6 +3,21 @@ import shutil
 import pytest
 import soundfile as sf
 import torch
+from fixtures import (
+    IEMOCAP_DIALOGS,
+    IEMOCAP_KEPT_PER_SESSION,
+    LIBRISPEECH_TREE,
+    MMSA_CLIPS_PER_VIDEO,
+    MMSA_VIDEOS,
+    SENTENCES,
+    iemocap_utterance,
+    librispeech_count,
+    make_iemocap,
+    make_librispeech,
+    make_mmsa,
+    mmsa_rows,
+    write_mmsa_labels,
+)
 from rich.console import Console
 
 from ctal_bench.data.base import EMOTIONS
@@ -12,9 +27,6 @@ from ctal_bench.data.librispeech import LibriSpeech
 from ctal_bench.data.mmsa import MOSEI, MOSI
 from ctal_bench.errors import DataError, UserError
 from ctal_bench.registry import DATASETS
-from fixtures import (IEMOCAP_DIALOGS, IEMOCAP_KEPT_PER_SESSION, LIBRISPEECH_TREE, MMSA_CLIPS_PER_VIDEO,
-                      MMSA_VIDEOS, iemocap_utterance, librispeech_count, make_iemocap, make_librispeech,
-                      SENTENCES, make_mmsa, mmsa_rows, write_mmsa_labels)
 
 torch.set_num_threads(1)  # the fixtures resample with torch; the machine's cores are shared
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from ctal_bench.data.text import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS
 from ctal_bench.errors import UserError
-from ctal_bench.masking import IGNORE_INDEX, mam_loss, mask_audio_spans, mask_tokens, mlm_loss
+from ctal_bench.train.masking import IGNORE_INDEX, mam_loss, mask_audio_spans, mask_tokens, mlm_loss
 
 torch.set_num_threads(1)
 VOCAB = 1000

@@ -13,9 +13,9 @@ from scipy.optimize import brentq
 from scipy.stats import pearsonr
 from sklearn import metrics as skm
 
-from ctal_bench import metrics
 from ctal_bench.data.base import Trial
 from ctal_bench.errors import UserError
+from ctal_bench.train import metrics
 
 # ---------------------------------------------------------------------------------------
 # Classification

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from ctal_bench.optim import lr_at
+from ctal_bench.train.optim import lr_at
 
 
 def test_linear_warmup_then_linear_decay():

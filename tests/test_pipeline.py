@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from processes import start_bench
 
 from ctal_bench import catalog, declarations
 from ctal_bench.config import Config, apply_overrides
 from ctal_bench.data import batching
 from ctal_bench.data.prepare import DataPipeline
-from ctal_bench.finetune import build_model
-from ctal_bench.pretrain import pretrain_losses
+from ctal_bench.experiment.plan import base_config, suite_variants
+from ctal_bench.models.base import build_model
 from ctal_bench.registry import TASKS
-from ctal_bench.training import Schedule, fit
-from ctal_bench.runner import base_config, suite_variants
-from processes import start_bench
+from ctal_bench.train.loop import Schedule, fit
+from ctal_bench.train.pretrain import pretrain_losses
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "data.size=tiny", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
@@ -188,7 +188,7 @@ def tiny_data(data_dir):
 @pytest.mark.parametrize("task", ["emotion", "sentiment", "verification"])
 @pytest.mark.parametrize("model", ["ctal", "text_only", "audio_only", "late_fusion", "tfn", "lmf", "mult"])
 def test_every_model_runs_every_task_through_the_one_loop(tiny_data, model, task):
-    from ctal_bench.finetune import finetune
+    from ctal_bench.train.finetune import finetune
 
     torch.set_num_threads(1)
     cfg = base_config(declarations.load(), "smoke", model)

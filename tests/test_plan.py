@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from ctal_bench import catalog, declarations
+from ctal_bench.experiment.plan import Request, expand, suite_variants
 from ctal_bench.models import ctal
 from ctal_bench.registry import DATASETS, MODELS, TASKS
-from ctal_bench.runner import Request, expand, suite_variants
 
 ROOT = Path(__file__).resolve().parent.parent
 catalog.load()

@@ -10,8 +10,9 @@ from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 from sklearn.metrics import det_curve, roc_curve
 
-from ctal_bench import metrics, plots
+from ctal_bench.analysis import plots
 from ctal_bench.results import DONE, FAILED, CellKey, ResultsStore, frame
+from ctal_bench.train import metrics
 
 SUITE = "smoke"
 PLAIN = ("ctal", "tfn", "no_fusion")
@@ -171,26 +172,26 @@ def test_det_curves_pool_seeds_and_leave_out_a_variant_missing_predictions(resul
         return real_det_points(targets, scores)
 
     monkeypatch.setattr(plots, "det_points", recording_det_points)
-    _assert_figures(plots.det_curves(cells, store.root / "runs", tmp_path), {"det-verification"})
+    _assert_figures(plots.det_curves(cells, store.predictions, tmp_path), {"det-verification"})
     assert drawn_trials == [len(SEEDS) * TRIALS_PER_CELL] * len(_variants())
 
     drawn_trials.clear()
     one_file_missing = cells.copy()
     tfn_seed_1 = (cells["variant"] == "tfn") & (cells["task"] == "verification") & (cells["seed"] == 1)
     one_file_missing.loc[tfn_seed_1, "cell_id"] += "-never-written"
-    _assert_figures(plots.det_curves(one_file_missing, store.root / "runs", tmp_path), {"det-verification"})
+    _assert_figures(plots.det_curves(one_file_missing, store.predictions, tmp_path), {"det-verification"})
     assert drawn_trials == [len(SEEDS) * TRIALS_PER_CELL] * (len(_variants()) - 1)
 
 
 def test_det_curves_without_verification_rows_write_nothing(cells, tmp_path):
-    assert plots.det_curves(cells[cells["task"] == "emotion"], tmp_path, tmp_path / "out") == []
+    assert plots.det_curves(cells[cells["task"] == "emotion"], ResultsStore(tmp_path).predictions, tmp_path / "out") == []
 
 
 def test_write_all_writes_every_figure(results, cells, tmp_path):
     store, records = results
     small = cells[cells["variant"].isin(["ctal", "mask_ratio=0.3"]) & (cells["seed"] < 2)]
     small_records = [r for r in records if r["cell"]["variant"] == "ctal"]
-    paths = plots.write_all(small, small_records, store.root / "runs", tmp_path, sweeps=["mask_ratio"])
+    paths = plots.write_all(small, small_records, store.predictions, tmp_path, sweeps=["mask_ratio"])
     kinds = ("seeds", "throughput", "sweep-mask_ratio")
     per_task = {f"{kind}-{task}" for kind in kinds for task in TASK_METRICS}
     curves = {f"curves-{task}" for task in TASK_METRICS}
@@ -267,7 +268,7 @@ def paper_sized(tmp_path_factory):
     """Every variant of the declared paper suite (models, ablations, sweep values), 3 seeds on
     each task of two datasets, in an alphabetical mix as the results store lists them."""
     from ctal_bench import catalog, declarations
-    from ctal_bench.runner import suite_variants
+    from ctal_bench.experiment.plan import suite_variants
 
     catalog.load()
     decl = declarations.load()
@@ -341,7 +342,7 @@ def test_figures_at_the_paper_suites_size_have_no_overlapping_labels(paper_sized
         return real_save(fig, out_dir, stem)
 
     monkeypatch.setattr(plots, "_save", keep)
-    plots.write_all(frame(records), records, store.root / "runs", tmp_path, ["mask_ratio"], order=order,
+    plots.write_all(frame(records), records, store.predictions, tmp_path, ["mask_ratio"], order=order,
                     reference="late_fusion")
     assert {"seeds-emotion", "throughput-emotion", "sweep-mask_ratio-emotion", "det-verification",
             "curves-emotion"} <= set(figures)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ctal_bench import profiling
+from ctal_bench.experiment import profile as profiling
 from ctal_bench.models.ctal import MultiHeadAttention
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,9 +9,11 @@ import pytest
 from rich.console import Console
 
 from ctal_bench import catalog, declarations
-from ctal_bench.executors import Workspace
+from ctal_bench.experiment.executors import Workspace
+from ctal_bench.experiment.plan import Request, expand, suite_variants
+from ctal_bench.experiment.progress import LogView, RunCounts
+from ctal_bench.experiment.run import run_cells
 from ctal_bench.results import ResultsStore
-from ctal_bench.runner import LogView, Request, RunCounts, expand, run_cells, suite_variants
 
 
 @pytest.fixture(scope="module")

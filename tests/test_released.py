@@ -16,13 +16,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from test_cli import assert_user_error, bench
 
 from ctal_bench.data.batching import AUDIO_DIM
 from ctal_bench.data.text import SPECIAL_TOKENS
 from ctal_bench.errors import UserError
+from ctal_bench.models import released
 from ctal_bench.models.ctal import CTAL
-from ctal_bench import released
-from test_cli import assert_user_error, bench
 
 transformers = pytest.importorskip("transformers", reason="the parity tests build the released "
                                    "architecture from transformers' RoBERTa classes")

@@ -15,30 +15,45 @@ KEY = CellKey("smoke", "ctal", "emotion", "synth", "0", 0)
 def test_write_read_roundtrip_and_done(tmp_path):
     store = ResultsStore(tmp_path)
     assert store.read(KEY) is None and not store.is_done(KEY, "abc")
-    store.write(KEY, {"status": DONE, "config_hash": "abc", "metrics": {"test": {"wa": 0.5}}})
-    record = store.read(KEY)
-    assert record["cell"]["variant"] == "ctal" and record["metrics"]["test"]["wa"] == 0.5
+    predictions = pd.DataFrame({"uid": ["a", "b"], "target": [0, 1], "prediction": [0, 0]})
+    record = {"status": DONE, "config_hash": "abc", "metrics": {"test": {"wa": 0.5}}}
+    store.write(KEY, record)
+    assert not store.is_done(KEY, "abc")  # a finished cell without its predictions is not done
+    store.write(KEY, {**record, "predictions": store.write_predictions(KEY, predictions)})
+    read = store.read(KEY)
+    assert read["cell"]["variant"] == "ctal" and read["metrics"]["test"]["wa"] == 0.5
     assert store.is_done(KEY, "abc") and not store.is_done(KEY, "other-hash")
     store.write(KEY, {"status": FAILED, "config_hash": "abc", "traceback": "boom"})
     assert not store.is_done(KEY, "abc")
     assert [r["cell"]["seed"] for r in store.records("smoke")] == [0]
 
 
-def test_predictions_beside_the_cell(tmp_path):
+def test_predictions_beside_the_cell_are_checked_against_the_record(tmp_path):
     store = ResultsStore(tmp_path)
     df = pd.DataFrame({"uid": ["a", "b"], "target": [0, 1], "prediction": [0, 0]})
-    path = store.write_predictions(KEY, df)
-    assert path.parent == store.cell_path(KEY).parent
+    fingerprint = store.write_predictions(KEY, df)
+    assert fingerprint["rows"] == 2 and store.predictions_path(KEY).parent == store.cell_path(KEY).parent
+    store.write(KEY, {"status": DONE, "config_hash": "h", "metrics": {"test": {}}, "predictions": fingerprint})
     pd.testing.assert_frame_equal(store.read_predictions(KEY), df)
+    pd.testing.assert_frame_equal(store.predictions(f"smoke/{KEY.id}"), df)
+    lines = store.predictions_path(KEY).read_text().splitlines(keepends=True)
+    store.predictions_path(KEY).write_text("".join(lines[:2]))  # cut at a row boundary: still a valid CSV
+    assert store.read_predictions(KEY) is None and not store.is_done(KEY, "h")
+    damaged, = store.take_damaged()
+    assert damaged.path == store.predictions_path(KEY) and "does not match its record (expected 2 rows)" in str(damaged)
 
 
-def test_reader_skips_partial_and_temporary_files(tmp_path):
+def test_reader_skips_partial_temporary_and_foreign_files_and_names_them(tmp_path):
     store = ResultsStore(tmp_path)
-    store.write(KEY, {"status": DONE, "config_hash": "x"})
+    store.write(KEY, {"status": DONE, "config_hash": "x", "metrics": {"test": {}}})
     folder = store.cell_path(KEY).parent
     (folder / "broken.json").write_text('{"status": "do')  # e.g. written by a non-atomic tool
+    (folder / "list.json").write_text("[1, 2]")  # valid JSON of the wrong shape
+    (folder / "bare.json").write_text('{"status": "done", "config_hash": "x"}')  # no coordinates
     (folder / ".x.json.tmp").write_text("{}")
     assert len(list(store.records())) == 1
+    assert {d.path.name: d.reason.split(":")[0] for d in store.take_damaged()} == {
+        "broken.json": "not JSON", "list.json": "not a JSON object", "bare.json": "no cell coordinates"}
 
 
 WRITER = """
@@ -50,7 +65,7 @@ if sys.argv[2] == "die-before-rename":
         os.kill(os.getpid(), signal.SIGKILL)
     files.os.replace = die
 store = ResultsStore(sys.argv[1])
-payload = {"status": "done", "config_hash": "h", "blob": "x" * 5_000_000}
+payload = {"status": "done", "config_hash": "h", "metrics": {"test": {}}, "blob": "x" * 5_000_000}
 i = 0
 while True:
     store.write(CellKey("s", "v", "t", "d", "0", i % 3), payload)

@@ -9,7 +9,7 @@ from scipy import stats as sp
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from ctal_bench import stats
+from ctal_bench.analysis import stats
 
 
 def test_summary_is_mean_sample_std_and_t_interval():

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctal_bench import catalog, declarations, tables
-from ctal_bench.report import report
+from ctal_bench import catalog, declarations
+from ctal_bench.analysis import tables
+from ctal_bench.analysis.report import report
 from ctal_bench.results import CellKey, ResultsStore, frame
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -519,7 +520,7 @@ def test_a_seed_with_a_failed_fold_is_not_averaged_over_the_other_folds():
 
 def test_ablate_prints_the_reports_ablation_table_with_seeds_as_replicates(tmp_path):
     """Five folds x three seeds: N is 3 (folds averaged within a seed), not 15, as in the report."""
-    from ctal_bench.report import comparison_tables
+    from ctal_bench.analysis.report import comparison_tables
 
     rng = np.random.default_rng(8)
     records = [record(v, "emotion", seed, {"ua": 0.6 + shift + 0.02 * rng.normal(), "wa": 0.6},

@@ -11,9 +11,9 @@ import torch
 
 from ctal_bench.data.base import EMOTIONS, Example, Split, Trial
 from ctal_bench.errors import UserError
-from ctal_bench.metrics import HIGHER_IS_BETTER
 from ctal_bench.registry import TASKS
-from ctal_bench.tasks import UNSEEN_SPEAKER, EvalOutputs, Task
+from ctal_bench.train.metrics import HIGHER_IS_BETTER
+from ctal_bench.train.tasks import UNSEEN_SPEAKER, EvalOutputs, Task
 
 torch.set_num_threads(1)
 

@@ -5,8 +5,18 @@ import numpy as np
 import pytest
 
 from ctal_bench.data import text
-from ctal_bench.data.text import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, encode,
-                                  load_or_train_tokenizer, normalise, train_tokenizer)
+from ctal_bench.data.text import (
+    CLS_ID,
+    MASK_ID,
+    PAD_ID,
+    SEP_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    encode,
+    load_or_train_tokenizer,
+    normalise,
+    train_tokenizer,
+)
 from ctal_bench.errors import UserError
 
 CORPUS = [

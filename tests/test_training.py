@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from ctal_bench import training
 from ctal_bench.data import batching
-from ctal_bench.training import Schedule, fit
+from ctal_bench.train import loop as training
+from ctal_bench.train.loop import Schedule, fit
 
 
 def test_dev_selection_runs_in_full_precision_like_the_recorded_dev_score(monkeypatch):

@@ -11,14 +11,15 @@ import optuna
 import pytest
 import torch
 
-from ctal_bench import cli, declarations, runner
+from ctal_bench import cli, declarations
 from ctal_bench.data import batching
 from ctal_bench.data.base import EMOTIONS
 from ctal_bench.declarations import Variant
 from ctal_bench.errors import UserError
+from ctal_bench.experiment import plan
+from ctal_bench.experiment.tuned import find_tuned, read_tuned, tuned_path
 from ctal_bench.registry import DATASETS
-from ctal_bench.training import Schedule, fit
-from ctal_bench.tune import find_tuned, read_tuned, tuned_path
+from ctal_bench.train.loop import Schedule, fit
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "data.size=tiny", "--set", "finetune.epochs=2", "--set", "run.threads=1"]
@@ -116,8 +117,8 @@ def test_ablation_variants_inherit_their_models_tuned_settings(tmp_path):
     no_orthogonality = decl.ablations.get("no_orthogonality_loss").variants()[0]
     variants = (Variant("ctal", "ctal"), no_orthogonality, Variant("tfn", "tfn"))
     tuned = find_tuned(tmp_path, {(v.model, "emotion", "synth") for v in variants}, "smoke")
-    request = runner.Request("smoke", variants, ("emotion",), (0,), "smoke", tuned=tuned)
-    ctal, ablated, tfn = (runner.cell_config(decl, suite, request, v, "emotion", 0) for v in variants)
+    request = plan.Request("smoke", variants, ("emotion",), (0,), "smoke", tuned=tuned)
+    ctal, ablated, tfn = (plan.cell_config(decl, suite, request, v, "emotion", 0) for v in variants)
     assert (ctal.finetune.lr, ctal.model.orthogonality_weight) == (0.0007, 0.3)
     assert (ablated.finetune.lr, ablated.model.orthogonality_weight) == (0.0007, 0.0)  # the ablation wins
     assert tfn.finetune.lr == decl.models.get("tfn").overrides["finetune.lr"]  # no tuned file: its own

@@ -5,6 +5,7 @@ same one-line DataError a run would give. Split counts use seed 0 (dev speakers 
 """
 from __future__ import annotations
 
+import os
 import re
 import statistics
 from collections import Counter
@@ -17,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ctal_bench.data.base import Dataset, Example
+from ctal_bench.data.features import audio_problem
 from ctal_bench.registry import DATASETS
 
 CHECK_SEED = 0
@@ -48,6 +50,7 @@ class DatasetSummary:
     speakers: dict[str, int] = field(default_factory=dict)  # speaker -> utterances
     dropped: dict[str, int] = field(default_factory=dict)  # reason or source code -> utterances
     n_pretraining: int | None = None  # None: the dataset has no pre-training corpus
+    bad_audio: dict[str, str] = field(default_factory=dict)  # audio file -> why it cannot be used
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -69,7 +72,7 @@ def _subset_counts(examples) -> dict[str, int]:
     return dict(sorted(Counter(name for e in examples for name in e.subsets).items()))
 
 
-def summarise(dataset: Dataset, fmt: str) -> DatasetSummary:
+def summarise(dataset: Dataset, fmt: str, progress: bool = True) -> DatasetSummary:
     used: dict[str, Example] = {}
     splits = []
     for task in dataset.tasks:
@@ -86,6 +89,7 @@ def summarise(dataset: Dataset, fmt: str) -> DatasetSummary:
         n_pretraining = len(corpus)
         used.update((e.uid, e) for e in corpus)
     examples = list(used.values())
+    bad_audio = check_audio(sorted({e.audio for e in examples}), progress)
     emotions = Counter(e.emotion for e in examples if e.emotion is not None)
     bins = Counter(sentiment_bin(e.sentiment) for e in examples if e.sentiment is not None)
     return DatasetSummary(
@@ -93,7 +97,20 @@ def summarise(dataset: Dataset, fmt: str) -> DatasetSummary:
         emotions=dict(sorted(emotions.items())), sentiment_bins=dict(sorted(bins.items())),
         speakers=dict(sorted(Counter(e.speaker for e in examples).items(), key=lambda kv: _natural_key(kv[0]))),
         dropped=dict(sorted(getattr(dataset, "dropped", {}).items())),
-        n_pretraining=n_pretraining)
+        n_pretraining=n_pretraining, bad_audio=bad_audio)
+
+
+def check_audio(paths: list[Path], progress: bool = True) -> dict[str, str]:
+    """Decode every audio file (``features.audio_problem``) in a thread pool, with a progress bar;
+    the unusable ones and why."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rich.progress import track
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        found = list(track(pool.map(audio_problem, paths), total=len(paths), description="decoding audio",
+                           disable=not progress, transient=True))
+    return {str(path): problem for path, problem in zip(paths, found) if problem is not None}
 
 
 def check_dataset(path: Path, fmt: str) -> DatasetSummary:
@@ -169,4 +186,13 @@ def render(summary: DatasetSummary) -> Group:
         parts.append(dropped)
     else:
         parts.append(Text("Nothing dropped or skipped."))
+    if summary.bad_audio:
+        bad = Table(title=f"Unusable audio files ({len(summary.bad_audio)})", title_justify="left")
+        bad.add_column("file", overflow="fold")
+        bad.add_column("problem", overflow="fold")
+        for path, problem in summary.bad_audio.items():
+            bad.add_row(path, problem)
+        parts.append(bad)
+    else:
+        parts.append(Text("Every audio file decodes in full."))
     return Group(*parts)

@@ -135,6 +135,53 @@ def read_mono(path: Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(mono, dtype=np.float32), int(rate)
 
 
+def audio_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete, finite audio file, or None: decodes it all. Catches what
+    a header alone hides: no bytes, a header without samples, a file cut short (a WAV by its data
+    chunk's declared size, any format by decoding fewer frames than its header states), NaN or
+    infinite samples."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        return e.strerror or str(e)
+    if size == 0:
+        return "empty file (0 bytes)"
+    declared, available = _wav_data_sizes(path, size)
+    if declared is not None and available < declared:
+        return f"cut short: its WAV header declares {declared} bytes of samples, the file holds {available}"
+    try:
+        info = soundfile.info(str(path))
+        data, _ = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.SoundFileError, RuntimeError, OSError) as e:
+        return f"not readable audio: {getattr(e, 'error_string', None) or e}"
+    if info.frames == 0 or len(data) == 0:
+        return "no samples (a header only)"
+    if len(data) < info.frames:
+        return f"cut short: decoded {len(data)} of the {info.frames} frames its header states"
+    if not np.isfinite(data).all():
+        return "NaN or infinite samples"
+    return None
+
+
+def _wav_data_sizes(path: Path, size: int) -> tuple[int | None, int]:
+    """(bytes of samples a WAV's data chunk declares, bytes the file holds after its header);
+    (None, 0) for another format or a streamed WAV (which declares no size)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None, 0
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            chunk = f.read(8)
+            length = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                return (None, 0) if length in (0, 0xFFFFFFFF) else (length, size - offset - 8)
+            offset += 8 + length + (length & 1)
+    return None, 0
+
+
 def compute_features(path: Path, cfg: FeatureConfig) -> np.ndarray:
     """Features of one audio file, bypassing the cache: float16 (T, feature_dim(cfg))."""
     samples, rate = read_mono(path)
@@ -278,8 +325,14 @@ def _compute_missing(jobs: Sequence[Job], cfg: FeatureConfig, workers: int,
 
 def _progress_bar(enabled: bool):
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(),

@@ -96,7 +96,7 @@ class DataPipeline:
         if cfg.pretrain.init:
             key = (cfg.pretrain.init, 0)
             if key not in self._tokenizers:
-                from ctal_bench.released import converted_tokenizer
+                from ctal_bench.data.converted import converted_tokenizer
 
                 self._tokenizers[key] = converted_tokenizer(cfg.pretrain.init)
             return self._tokenizers[key]

@@ -1,15 +1,20 @@
-"""What every model returns, so the training loop never special-cases one, and the dropout every
-model uses."""
+"""What every model shares: what it returns (so the training loop never special-cases one), its
+named size presets, and the dropout it uses."""
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctal_bench.config import Config, ModelConfig
+from ctal_bench.data import batching
 from ctal_bench.data.text import SPECIAL_TOKENS
 from ctal_bench.errors import UserError
+from ctal_bench.registry import MODELS
 
 
 @dataclass
@@ -25,6 +30,33 @@ def check_outputs(vocab_size: int, n_outputs: int) -> None:
         raise UserError(f"vocabulary of {vocab_size} has no room beyond the "
                         f"{len(SPECIAL_TOKENS)} special tokens (data.vocab_size)")
     assert n_outputs >= 1, f"n_outputs must be at least 1, got {n_outputs}"
+
+
+
+def build_model(cfg: Config, n_outputs: int, vocab_size: int) -> nn.Module:
+    """``cfg``'s model, initialised from ``run.seed``, reading frames as wide as ``cfg.data`` makes them."""
+    torch.manual_seed(cfg.run.seed)
+    return MODELS.get(cfg.model.name)(cfg.model, n_outputs, vocab_size, batching.audio_dim(cfg.data))
+
+
+def preset_for(cfg: ModelConfig, presets: dict[str, dict[str, int]], model: str) -> dict[str, int]:
+    """The preset ``cfg.size`` names (a UserError with close names for an unknown one)."""
+    if cfg.size not in presets:
+        close = difflib.get_close_matches(cfg.size, presets, n=2, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(presets)}"
+        raise UserError(f"unknown model.size {cfg.size!r} for {model}; {hint}")
+    return presets[cfg.size]
+
+
+def fill_preset(cfg: ModelConfig, preset: dict[str, int], fields) -> ModelConfig:
+    """``cfg`` with each size field in ``fields`` left at 0 taking the preset's value."""
+    for key in fields:
+        if getattr(cfg, key) < 0:
+            raise UserError(f"model.{key} must be positive (0 = take it from the preset), got {getattr(cfg, key)}")
+    resolved = dataclasses.replace(cfg, **{k: getattr(cfg, k) or preset[k] for k in fields})
+    if "n_heads" in fields and resolved.d_model % resolved.n_heads:
+        raise UserError(f"model.d_model {resolved.d_model} must be divisible by model.n_heads {resolved.n_heads}")
+    return resolved
 
 
 class Dropout(nn.Module):

@@ -8,9 +8,6 @@ orthogonality loss divides by the audio norm twice).
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,61 +15,12 @@ import torch.nn.functional as F
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.errors import UserError
-from ctal_bench.models.base import Dropout, ModelOutput, check_outputs
+from ctal_bench.models.base import Dropout, ModelOutput, check_outputs, fill_preset, preset_for
+from ctal_bench.models.layers import FeedForward, MultiHeadAttention, masked_max
 from ctal_bench.registry import MODELS
 
 HEADS = ("fusion", "concat", "text", "audio")
 COSINE_EPS = 1e-8  # guards the orthogonality loss against an all-zero pooled vector
-
-
-class MultiHeadAttention(nn.Module):
-    """Self-attention (``memory=None``) or cross-attention to ``memory``, with key padding.
-
-    ``key_mask`` is (B, S) bool, True = a real key; ``causal`` additionally hides later keys.
-    """
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
-        super().__init__()
-        assert d_model % n_heads == 0, f"d_model {d_model} is not divisible by n_heads {n_heads}"
-        self.n_heads = n_heads
-        self.dropout = dropout
-        self.query = nn.Linear(d_model, d_model)
-        self.key = nn.Linear(d_model, d_model)
-        self.value = nn.Linear(d_model, d_model)
-        self.out = nn.Linear(d_model, d_model)
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
-        x = x.view(B, T, self.n_heads, D // self.n_heads)  # (B, T, heads, head_dim)
-        return x.transpose(1, 2)  # (B, heads, T, head_dim)
-
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, memory: torch.Tensor | None = None,
-                causal: bool = False) -> torch.Tensor:
-        source = x if memory is None else memory
-        q = self._split_heads(self.query(x))
-        k = self._split_heads(self.key(source))
-        v = self._split_heads(self.value(source))
-        mask = key_mask[:, None, None, :]  # (B, 1, 1, S): broadcast over heads and queries
-        if causal:
-            T, S = x.shape[1], source.shape[1]
-            later = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
-            mask = mask & later  # (B, 1, T, S)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        B, _, T, _ = y.shape
-        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, D)
-        return self.out(y)
-
-
-class FeedForward(nn.Module):
-    def __init__(self, d_model: int, ffn_dim: int, dropout: float):
-        super().__init__()
-        self.up = nn.Linear(d_model, ffn_dim)
-        self.down = nn.Linear(ffn_dim, d_model)
-        self.dropout = Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))
 
 
 class TextLayer(nn.Module):
@@ -207,11 +155,6 @@ class MAMHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(x))))
 
 
-def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, D), (B, T) bool -> (B, D): max over the real positions only."""
-    return x.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
-
-
 def abs_cosine(audio: torch.Tensor, text: torch.Tensor, released: bool) -> torch.Tensor:
     """Batch mean of |cos(audio, text)|.
 
@@ -303,19 +246,8 @@ PRESETS: dict[str, dict[str, int]] = {
 
 def resolve_size(cfg: ModelConfig) -> ModelConfig:
     """``cfg`` with its preset applied: each size field left at 0 takes the preset's value."""
-    if cfg.size not in PRESETS:
-        close = difflib.get_close_matches(cfg.size, PRESETS, n=2, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(PRESETS)}"
-        raise UserError(f"unknown model.size {cfg.size!r} for ctal; {hint}")
-    preset = PRESETS[cfg.size]
-    for key in preset:
-        if getattr(cfg, key) < 0:
-            raise UserError(f"model.{key} must be positive (0 = take it from the preset), "
-                            f"got {getattr(cfg, key)}")
-    resolved = dataclasses.replace(cfg, **{k: getattr(cfg, k) or v for k, v in preset.items()})
-    if resolved.d_model % resolved.n_heads:
-        raise UserError(f"model.d_model {resolved.d_model} must be divisible by "
-                        f"model.n_heads {resolved.n_heads}")
+    preset = preset_for(cfg, PRESETS, "ctal")
+    resolved = fill_preset(cfg, preset, list(preset))
     if resolved.orthogonality_weight < 0:
         raise UserError(f"model.orthogonality_weight must be >= 0, got {resolved.orthogonality_weight}")
     if resolved.head not in HEADS:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from baselines.common import AudioSubNet, Baseline, MLPHead, TextSubNet, append_one
+from ctal_bench.baselines.common import AudioSubNet, Baseline, MLPHead, TextSubNet, append_one
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.models.base import ModelOutput

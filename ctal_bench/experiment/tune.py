@@ -1,7 +1,7 @@
 """Hyper-parameter tuning with Optuna: every model gets the same trial budget, chosen on dev.
 
 A study is one (model, task, dataset, scale, seed). TPE draws each trial's settings from the
-model's declared search space (``[search.MODEL]``, ablations/search_spaces.toml); the trial
+model's declared search space (``[search.MODEL]``, ctal_bench/ablations/search_spaces.toml); the trial
 fine-tunes through the one training loop, reports its dev score after every epoch to a median
 pruner, and returns its best dev score. The test split is never loaded. The best of the study's
 first ``--trials`` finished trials is written as ``<results>/tuned/<model>__<task>__<dataset>.toml``,
@@ -22,15 +22,18 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
-from ctal_bench.config import Config, apply_overrides, load_toml, parse_override, to_dict
+from ctal_bench.config import Config, apply_overrides, parse_override, to_dict
 from ctal_bench.declarations import Declarations, Param, SearchSpace, flatten
 from ctal_bench.errors import UserError
+from ctal_bench.experiment.cell import pretrained_weights
+from ctal_bench.experiment.plan import at_coordinates, base_config, dataset_for
+from ctal_bench.experiment.tuned import tuned_path, tuned_text
 from ctal_bench.files import atomic_write_text
-from ctal_bench.metrics import HIGHER_IS_BETTER, is_better
 from ctal_bench.registry import MODELS, TASKS
-from ctal_bench.runner import at_coordinates, base_config, dataset_for, pretrained_weights, resolve_device
+from ctal_bench.results import ResultsStore
+from ctal_bench.train.device import resolve_device
+from ctal_bench.train.metrics import HIGHER_IS_BETTER, is_better
 
-TUNED_DIR = "tuned"  # under the results directory
 # The median pruner judges a trial only once 5 trials have completed, and not in the first third
 # of its epochs: a from-scratch model's dev score can sit at chance for several epochs whatever it
 # reaches later (TFN on synth emotion at its own settings: the first 4 of 25). A share, not a
@@ -56,19 +59,6 @@ class TuneRequest:
     device: str | None = None
 
 
-@dataclass(frozen=True)
-class Tuned:
-    """A tuned file as ``run --tuned`` reads it."""
-
-    source: Path
-    overrides: dict[str, Any]  # dotted config keys
-    scale: str
-
-
-def tuned_path(directory: Path, model: str, task: str, dataset: str) -> Path:
-    return Path(directory) / f"{model}__{task}__{dataset}.toml"
-
-
 def study_name(model: str, task: str, dataset: str, scale: str, seed: int) -> str:
     return f"{model}__{task}__{dataset}__{scale}__seed-{seed}"
 
@@ -77,7 +67,7 @@ def tune(decl: Declarations, request: TuneRequest, results: Path, data, console:
     """Run the study up to its budget, then write and return the tuned file."""
     import torch
 
-    from ctal_bench import finetune
+    from ctal_bench.train import finetune
 
     if request.trials < 1:
         raise UserError(f"--trials {request.trials}: expected a positive number of trials")
@@ -97,7 +87,7 @@ def tune(decl: Declarations, request: TuneRequest, results: Path, data, console:
     def objective(trial: optuna.Trial) -> float:
         cfg = apply_overrides(fixed, {p.key: suggest(trial, p) for p in space.params})
         task_data = data.task_data(cfg, task, fold, with_test=False)
-        pretrained, _ = pretrained_weights(cfg, data, results / "checkpoints", device)
+        pretrained, _ = pretrained_weights(cfg, data, ResultsStore(results).checkpoints, device)
 
         def report(epoch: int, dev_score: float) -> None:
             status.update(f"trial {trial.number}: epoch {epoch + 1}, dev {metric} {dev_score:.4f}")
@@ -116,7 +106,7 @@ def tune(decl: Declarations, request: TuneRequest, results: Path, data, console:
         with status:
             # Features, tokenizer and pre-training (cached) before trial 0, so its time is its own.
             data.task_data(fixed, task, fold, with_test=False)
-            pretrained_weights(fixed, data, results / "checkpoints", device)
+            pretrained_weights(fixed, data, ResultsStore(results).checkpoints, device)
             # Another worker on the same study may finish the budget first: stop when it is spent.
             study.optimize(objective, n_trials=remaining,
                            callbacks=[MaxTrialsCallback(request.trials, states=COUNTED),
@@ -127,7 +117,7 @@ def tune(decl: Declarations, request: TuneRequest, results: Path, data, console:
     if best is None:
         raise UserError(f"study {name}: none of its {len(counted)} finished trials completed "
                         "(all pruned or failed); nothing to write")
-    path = tuned_path(results / TUNED_DIR, request.model, task, dataset)
+    path = tuned_path(ResultsStore(results).tuned, request.model, task, dataset)
     meta = {"model": request.model, "task": task, "dataset": dataset, "fold": fold, "scale": request.scale,
             "seed": request.seed, "command_line_set": list(request.overrides), "study": name,
             "metric": metric, "best_dev": best.value, "best_trial": best.number, "trials": len(counted),
@@ -169,7 +159,7 @@ def _search_space(decl: Declarations, model: str) -> SearchSpace:
     MODELS.get(model)
     if model not in decl.search_spaces:
         raise UserError(f"no search space for model {model!r}: declare [search.{model}] "
-                        "(see ablations/search_spaces.toml)")
+                        "(see ctal_bench/ablations/search_spaces.toml)")
     return decl.search_spaces.get(model)
 
 
@@ -240,80 +230,3 @@ def _best(trials: list[FrozenTrial], metric: str) -> FrozenTrial | None:
         if trial.state == TrialState.COMPLETE and (best is None or is_better(metric, trial.value, best.value)):
             best = trial
     return best
-
-
-# ---- the tuned file ------------------------------------------------------------------------------
-
-def tuned_text(meta: dict[str, Any], params: dict[str, Any]) -> str:
-    """TOML: a header, the study's metadata, and ``set``, the chosen config keys."""
-    lines = [f"# Written by `bench.py tune`: the best of {meta['trials']} trials of study {meta['study']},",
-             f"# selected on dev {meta['metric']} (the test split was never loaded).",
-             "# `bench.py run --tuned` applies `set` after the model's own settings, before the suite,",
-             "# ablation variants and --set.",
-             "[tuned]"]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in meta.items()]
-    lines.append("set = { " + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in params.items()) + " }")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)  # exact; TOML reads 1e-05, inf and nan
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def read_tuned(path: Path) -> Tuned:
-    """A tuned file, checked: a malformed one is a UserError naming it."""
-    table = load_toml(path).get("tuned")
-    if not isinstance(table, dict) or not isinstance(table.get("set"), dict):
-        raise UserError(f"{path}: expected a [tuned] table with a `set` table of config keys "
-                        "(written by `bench.py tune`)")
-    overrides = flatten(table["set"])
-    try:
-        apply_overrides(Config(), overrides)
-    except UserError as e:
-        raise UserError(f"{path}: {e}") from None
-    scale = table.get("scale", "")
-    if not isinstance(scale, str):
-        raise UserError(f"{path}: key 'scale' expects a string, got {scale!r}")
-    return Tuned(path, overrides, scale)
-
-
-def find_tuned(directory: Path, cells: set[tuple[str, str, str]], scale: str) -> dict[tuple[str, str, str], Tuned]:
-    """The tuned file of each (model, task, dataset) that has one in ``directory``; tuned at
-    another scale is an error, since its settings were chosen for other sizes."""
-    if not Path(directory).is_dir():
-        raise UserError(f"--tuned {directory}: directory does not exist (`bench.py tune` writes it)")
-    found = {}
-    for model, task, dataset in sorted(cells):
-        path = tuned_path(directory, model, task, dataset)
-        if path.exists():
-            tuned = read_tuned(path)
-            if tuned.scale != scale:
-                raise UserError(f"{path}: tuned at scale {tuned.scale!r}, but this run uses {scale!r}; "
-                                f"tune at {scale!r} or leave out --tuned")
-            found[(model, task, dataset)] = tuned
-    return found
-
-
-def tune_from_cli(args) -> int:
-    from ctal_bench import declarations
-    from ctal_bench.data import default_data_dir
-    from ctal_bench.data.prepare import DataPipeline
-    from ctal_bench.runner import parse_data_paths
-
-    decl = declarations.load(args.ablations_dir)
-    results = Path(args.results)
-    storage = args.storage or f"sqlite:///{results / 'optuna.db'}"
-    data_paths = parse_data_paths(args.data)
-    request = TuneRequest(args.model, args.task, args.trials, args.scale, args.seed,
-                          args.seed if args.sampler_seed is None else args.sampler_seed, storage,
-                          tuple(args.overrides), data_paths, args.device)
-    tune(decl, request, results, DataPipeline(args.data_dir or default_data_dir(), data_paths), Console())
-    return 0

@@ -8,8 +8,6 @@ looks at real positions only. So an utterance gets the same output alone or insi
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
 
 import torch
@@ -18,8 +16,8 @@ import torch.nn.functional as F
 
 from ctal_bench.config import ModelConfig
 from ctal_bench.errors import UserError
-from ctal_bench.models.base import Dropout, ModelOutput, check_outputs
-from ctal_bench.models.ctal import MultiHeadAttention
+from ctal_bench.models.base import Dropout, ModelOutput, check_outputs, fill_preset, preset_for
+from ctal_bench.models.layers import MultiHeadAttention, mean_max_pool
 
 # ModelConfig fields that size a model; 0 means "take the preset's value".
 SIZE_FIELDS = ("d_model", "n_heads", "text_layers", "audio_layers", "ffn_dim", "hidden", "rank")
@@ -37,11 +35,7 @@ def resolve_size(cfg: ModelConfig, presets: dict[str, dict[str, int]],
     stay 0, and CTAL's switches at their defaults: silently ignoring ``model.rank=8`` on a model
     without a rank would mislabel a run.
     """
-    if cfg.size not in presets:
-        close = difflib.get_close_matches(cfg.size, presets, n=2, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(presets)}"
-        raise UserError(f"unknown model.size {cfg.size!r} for {model}; {hint}")
-    preset = presets[cfg.size]
+    preset = preset_for(cfg, presets, model)
     used = [k for k in SIZE_FIELDS if k in preset]
     for key in SIZE_FIELDS:
         value = getattr(cfg, key)
@@ -57,10 +51,7 @@ def resolve_size(cfg: ModelConfig, presets: dict[str, dict[str, int]],
                             f"part (leave it at {getattr(default, key)!r})")
     if not 0.0 <= cfg.dropout < 1.0:
         raise UserError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
-    resolved = dataclasses.replace(cfg, **{k: getattr(cfg, k) or preset[k] for k in used})
-    if "n_heads" in used and resolved.d_model % resolved.n_heads:
-        raise UserError(f"model.d_model {resolved.d_model} must be divisible by "
-                        f"model.n_heads {resolved.n_heads}")
+    resolved = fill_preset(cfg, preset, used)
     fixed = {k: v for k, v in preset.items() if k not in SIZE_FIELDS}
     return resolved, fixed
 
@@ -94,24 +85,6 @@ def baseline_output(logits: torch.Tensor, embedding: torch.Tensor) -> ModelOutpu
 def append_one(z: torch.Tensor) -> torch.Tensor:
     """(B, D) -> (B, D + 1) with a leading constant 1 (TFN's and LMF's [1 ; z])."""
     return F.pad(z, (1, 0), value=1.0)
-
-
-# ---- masked pooling ------------------------------------------------------------------------------
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, D), (B, T) bool -> (B, D): mean over the real positions only."""
-    weights = mask.to(x.dtype)[..., None]  # (B, T, 1)
-    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
-
-
-def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, D), (B, T) bool -> (B, D): max over the real positions only."""
-    return x.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
-
-
-def mean_max_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, D) -> (B, 2D): [masked mean ; masked max]."""
-    return torch.cat([masked_mean(x, mask), masked_max(x, mask)], dim=-1)
 
 
 # ---- recurrent encoder ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn as nn
 
-from baselines.common import AudioSubNet, Baseline, TextSubNet, append_one, baseline_output
+from ctal_bench.baselines.common import AudioSubNet, Baseline, TextSubNet, append_one, baseline_output
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.models.base import Dropout, ModelOutput

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from baselines.common import Baseline, MLPHead, TransformerEncoder, mean_max_pool
+from ctal_bench.baselines.common import Baseline, MLPHead, TransformerEncoder
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.models.base import ModelOutput
+from ctal_bench.models.layers import mean_max_pool
 from ctal_bench.registry import MODELS
 
 # The same widths as one stream of CTAL at each size (ctal_bench/models/ctal.py), so that the

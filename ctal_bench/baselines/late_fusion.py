@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from baselines.common import Baseline, MLPHead, RecurrentEncoder, mean_max_pool
+from ctal_bench.baselines.common import Baseline, MLPHead, RecurrentEncoder
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.models.base import Dropout, ModelOutput
+from ctal_bench.models.layers import mean_max_pool
 from ctal_bench.registry import MODELS
 
 # d_model = token embedding width; hidden = GRU width per direction (both modalities);

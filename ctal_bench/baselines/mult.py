@@ -15,10 +15,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.common import Baseline, TransformerEncoder, baseline_output, masked_mean
+from ctal_bench.baselines.common import Baseline, TransformerEncoder, baseline_output
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM, Batch
 from ctal_bench.models.base import Dropout, ModelOutput
+from ctal_bench.models.layers import masked_mean
 from ctal_bench.registry import MODELS
 
 # d_model = the shared width d of every transformer; text_layers / audio_layers = cross-modal

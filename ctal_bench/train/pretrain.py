@@ -13,28 +13,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
+import time
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from torch import nn
 
-from ctal_bench import declarations
-from ctal_bench.config import Config, apply_overrides, load_toml, merge, to_dict
+from ctal_bench.config import Config, to_dict
 from ctal_bench.data import batching
 from ctal_bench.data.batching import Batch
 from ctal_bench.data.prepare import DataPipeline
-from ctal_bench.declarations import Declarations
-from ctal_bench.distributed import SINGLE_PROCESS, World, data_parallel, from_environment, process_group
 from ctal_bench.errors import UserError
-from ctal_bench.finetune import build_model
-from ctal_bench.masking import IGNORE_INDEX, mam_loss, mask_audio_spans, mask_tokens, mlm_loss
-from ctal_bench.profiling import peak_memory
+from ctal_bench.files import save_atomic
+from ctal_bench.models.base import build_model
 from ctal_bench.registry import DATASETS, MODELS
-from ctal_bench.runner import base_config, parse_data_paths, resolve_device
-from ctal_bench.training import Schedule, fit, save_atomic
+from ctal_bench.train.device import peak_memory
+from ctal_bench.train.distributed import SINGLE_PROCESS, World, data_parallel
+from ctal_bench.train.loop import Schedule, fit
+from ctal_bench.train.masking import IGNORE_INDEX, mam_loss, mask_audio_spans, mask_tokens, mlm_loss
 
 # Model fields that only shape the fine-tuning head: variants differing in them share pre-training.
 FINETUNE_ONLY_FIELDS = ("head", "orthogonality_weight", "released_cosine")
@@ -86,6 +84,29 @@ def checkpoint_path(checkpoints: Path, key: str) -> Path:
     return checkpoints / f"pretrain-{key}.pt"
 
 
+def load_cached(path: Path) -> dict | None:
+    """The cached checkpoint at ``path``, or None if there is none. A damaged one (cut short,
+    overwritten, not ours) is named on stderr and moved aside, and None returned: the caller
+    pre-trains again instead of failing every cell that starts from it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not (isinstance(state, dict) and isinstance(state.get("model"), dict) and "record" in state):
+            raise ValueError("not a pre-training checkpoint of this package")
+        return state
+    except FileNotFoundError:
+        return None
+    except Exception as error:  # torch reports a damaged file in several exception types
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:  # another worker moved it first
+            pass
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"warning: {path}: unreadable checkpoint ({reason}); moved to {aside.name}, pre-training again",
+              file=sys.stderr)
+        return None
+
+
 def pretrained_weights(cfg: Config, data: DataPipeline, checkpoints: Path, device: torch.device,
                        on_step=None, world: World = SINGLE_PROCESS) -> tuple[dict[str, torch.Tensor], dict]:
     """State dict of a pre-trained model (from the cache, or trained now) and its record.
@@ -103,8 +124,8 @@ def pretrained_weights(cfg: Config, data: DataPipeline, checkpoints: Path, devic
         corpus = data.pretraining_dataset(cfg)
         key = pretrain_key(cfg, data)
         path = checkpoint_path(checkpoints, key)
-        if path.exists():
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_cached(path)
+        if state is not None:
             return state["model"], {**state["record"], "reused": True}
         items = data.pretraining_items(cfg)
         vocab_size = data.tokenizer(cfg).get_vocab_size()
@@ -140,69 +161,3 @@ def pretrained_weights(cfg: Config, data: DataPipeline, checkpoints: Path, devic
 
 
 # ---- the command --------------------------------------------------------------------------------
-
-def command_config(decl: Declarations, scale: str, config_file: Path | None, overrides: list[str],
-                   seed: int | None, device: str | None) -> Config:
-    """Defaults <- the scale <- the model's own settings <- ``--config`` <- ``--set`` <- ``--seed``
-    and ``--device``: a cell's order, so a suite at the same scale and overrides reuses the
-    checkpoint."""
-    cfg = base_config(decl, scale, "ctal")
-    if config_file is not None:
-        cfg = merge(cfg, load_toml(config_file))
-    cfg = apply_overrides(cfg, overrides)
-    coordinates = {}
-    if seed is not None:
-        coordinates["run.seed"] = seed
-    if device:
-        coordinates["run.device"] = device
-    cfg = apply_overrides(cfg, coordinates)
-    if not getattr(MODELS.get(cfg.model.name), "pretrainable", False):
-        pretrainable = ", ".join(name for name in MODELS if getattr(MODELS.get(name), "pretrainable", False))
-        raise UserError(f"model {cfg.model.name!r} has no pre-training; pre-trainable: {pretrainable}")
-    if cfg.pretrain.init:
-        raise UserError(f"pretrain.init = {cfg.pretrain.init!r} starts from released weights: nothing to pre-train")
-    if not cfg.pretrain.enabled:
-        raise UserError("pretrain.enabled = false: nothing to pre-train")
-    return cfg
-
-
-def pretrain_from_cli(args) -> int:
-    """``bench.py pretrain``: one process, or under torchrun one per device (rank 0 prints)."""
-    from ctal_bench.data import default_data_dir
-
-    decl = declarations.load(args.ablations_dir)
-    cfg = command_config(decl, args.scale, args.config, args.overrides, args.seed, args.device)
-    data_paths = parse_data_paths(args.data)
-    world = from_environment()
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    console = Console(quiet=not world.is_main)
-    checkpoints = args.results / "checkpoints"
-    with process_group(world, resolve_device(cfg.run.device)) as device:
-        data = DataPipeline(args.data_dir or default_data_dir(), data_paths, progress=world.is_main)
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, disable=not world.is_main) as progress:
-            steps = progress.add_task("pre-training steps", total=None)
-            _, record = pretrained_weights(cfg, data, checkpoints, device, world=world,
-                                           on_step=lambda: progress.advance(steps))
-    console.print(f"pre-training on {record['corpus']} ({record['utterances']} utterances)")
-    console.print(curve_table(record["curve"]))
-    if record["reused"]:
-        console.print("already pre-trained with this config: nothing to do")
-    else:
-        console.print(f"{record['steps']} steps in {record['train_seconds']:.0f} s: "
-                      f"{record['samples_per_second']:.1f} samples/s over {record['processes']} process(es); "
-                      f"peak memory {record['peak_memory_bytes'] / 2**20:.0f} MiB ({record['memory']}, rank 0)")
-    console.print(f"checkpoint: {checkpoint_path(checkpoints, record['key'])}")
-    return 0
-
-
-def curve_table(curve: list[dict]) -> Table:
-    """The pre-training losses per epoch."""
-    table = Table()
-    for column in ("epoch", "MLM", "MAM", "loss"):
-        table.add_column(column, justify="right")
-    for row in curve:
-        table.add_row(str(row["epoch"]), f"{row['train_mlm']:.4f}", f"{row['train_mam']:.4f}",
-                      f"{row['train_loss']:.4f}")
-    return table

@@ -1,6 +1,6 @@
 """Positive and negative controls: did a suite detect the effects planted in its data?
 
-Each declared control (``[control.NAME]`` in ablations/) names comparisons: every ``better``
+Each declared control (``[control.NAME]`` in ctal_bench/ablations/) names comparisons: every ``better``
 variant against every ``worse`` one on one task's metric, over the whole test set or a named
 subset of it (synth's ``transfer``). Each comparison is a paired t-test over matched seeds; the
 p-values of all the controls a suite can test form one family, corrected with Holm. A positive
@@ -15,11 +15,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ctal_bench import stats
+from ctal_bench.analysis import stats
+from ctal_bench.analysis.tables import MIN_MARK_N, Entry, TableData, per_seed
 from ctal_bench.declarations import Control
-from ctal_bench.metrics import HIGHER_IS_BETTER
 from ctal_bench.results import metric_column
-from ctal_bench.tables import MIN_MARK_N, Entry, TableData, per_seed
+from ctal_bench.train.metrics import HIGHER_IS_BETTER
 
 ALPHA = 0.05
 
@@ -92,7 +92,8 @@ def table(results: pd.DataFrame, title: str) -> TableData:
             measured = f"{row.difference:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
             p = f"{row.p_holm:.3g}"
         outcome = row.outcome + ("" if row.as_planted else " (!)")
-        data.rows.append((row.control, [Entry(f"{row.a} vs {row.b}"), Entry(f"{row.task} · {row.metric} · {row.subset}"),
+        data.rows.append((row.control, [Entry(f"{row.a} vs {row.b}"),
+                                        Entry(f"{row.task} · {row.metric} · {row.subset}"),
                                         Entry(expected), Entry(measured), Entry(p),
                                         Entry(outcome, bold=not row.as_planted)]))
     data.notes.append("(!) not as planted: a finding to explain (too few seeds, too little pre-training, a bug), "

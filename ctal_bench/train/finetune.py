@@ -15,9 +15,10 @@ import torch
 from ctal_bench.config import Config
 from ctal_bench.data import batching
 from ctal_bench.data.prepare import TaskData
-from ctal_bench.registry import MODELS, TASKS
-from ctal_bench.tasks import EvalOutputs, Task
-from ctal_bench.training import FitResult, Schedule, fit
+from ctal_bench.models.base import build_model
+from ctal_bench.registry import TASKS
+from ctal_bench.train.loop import FitResult, Schedule, fit
+from ctal_bench.train.tasks import EvalOutputs, Task
 
 
 @dataclass
@@ -29,12 +30,6 @@ class Outcome:
     timing: dict[str, float]
     parameters: int
     extra: dict  # task diagnostics on test, e.g. the emotion confusion matrix
-
-
-def build_model(cfg: Config, n_outputs: int, vocab_size: int) -> torch.nn.Module:
-    """``cfg``'s model, initialised from ``run.seed``, reading frames as wide as ``cfg.data`` makes them."""
-    torch.manual_seed(cfg.run.seed)
-    return MODELS.get(cfg.model.name)(cfg.model, n_outputs, vocab_size, batching.audio_dim(cfg.data))
 
 
 def load_pretrained(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from ctal_bench.data.batching import Batch
-from ctal_bench.distributed import SINGLE_PROCESS, World, unwrap
-from ctal_bench.files import atomic_write
-from ctal_bench.metrics import is_better
-from ctal_bench.optim import adamw, lr_at
+from ctal_bench.files import save_atomic
+from ctal_bench.train.distributed import SINGLE_PROCESS, World, unwrap
+from ctal_bench.train.metrics import is_better
+from ctal_bench.train.optim import adamw, lr_at
 
 LossFn = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
 
@@ -144,8 +144,3 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], steps_per_e
         own.load_state_dict(best_state)
     model.eval()
     return result
-
-
-def save_atomic(path: Path, state: dict) -> None:
-    """Atomic torch.save: a crash mid-write never leaves a truncated checkpoint."""
-    atomic_write(path, lambda f: torch.save(state, f))

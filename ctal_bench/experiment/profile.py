@@ -20,8 +20,6 @@ device is in SPEC_PEAKS) and against a matmul peak measured in the same run.
 from __future__ import annotations
 
 import math
-import resource
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -30,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils import flop_counter
+
+from ctal_bench.train.device import peak_memory
 
 # Dense peak FLOP/s from the vendors' spec sheets (bf16 = tensor cores without sparsity).
 SPEC_PEAKS: dict[str, dict[str, float]] = {
@@ -83,12 +83,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, 
     b = torch.randn(n, n, device=device, dtype=dtype)
     seconds = time_steps(lambda: a @ b, repeats, warmup=2, device=device)
     return 2 * n ** 3 / float(np.median(seconds))
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 # ---- FLOPs --------------------------------------------------------------------------------------
@@ -191,10 +185,10 @@ def profile_model(cfg, vocab_size: int, n_outputs: int, shapes: dict[str, Shape]
                   dtype: str, compile: bool, steps: int, warmup: int) -> dict:
     """Every phase of one model: pre-training step (pre-trainable models), fine-tuning step,
     inference over a batch-size sweep, and batch-1 latency at each shape."""
-    from ctal_bench import finetune, pretrain
     from ctal_bench.data import batching
-    from ctal_bench.optim import adamw
     from ctal_bench.registry import MODELS, TASKS
+    from ctal_bench.train import finetune, pretrain
+    from ctal_bench.train.optim import adamw
 
     torch.manual_seed(0)
     width = batching.audio_dim(cfg.data)
@@ -273,13 +267,6 @@ def profile_model(cfg, vocab_size: int, n_outputs: int, shapes: dict[str, Shape]
     return record
 
 
-def peak_memory(device: torch.device) -> dict:
-    """Peak memory since the last CUDA reset (GPU), or this process's peak RSS (CPU)."""
-    if device.type == "cuda":
-        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "memory": "cuda max allocated"}
-    return {"peak_memory_bytes": peak_rss_bytes(), "memory": "process peak RSS"}
-
-
 # ---- the command --------------------------------------------------------------------------------
 
 def data_shapes(cfg, data) -> tuple[dict[str, Shape], int, int]:
@@ -309,23 +296,22 @@ def run(decl, models: Sequence[str], scale: str, overrides: Sequence[str], devic
     import json
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
-    from pathlib import Path
 
     from rich.console import Console
     from rich.progress import Progress
 
-    from ctal_bench import tables
+    from ctal_bench.analysis import tables
     from ctal_bench.config import apply_overrides, to_dict
+    from ctal_bench.experiment.plan import base_config
     from ctal_bench.files import atomic_write_text
-    from ctal_bench.results import environment
-    from ctal_bench.runner import base_config
+    from ctal_bench.results import ResultsStore, environment
 
     console = console or Console()
     warmup = warmup if warmup is not None else (20 if compile else 5)
     threads = torch.get_num_threads()
     matmul = matmul_peak(device, DTYPES[dtype])
     spec = spec_peak(torch.cuda.get_device_name(device), dtype) if device.type == "cuda" else None
-    out_dir = Path(results) / "profile"
+    out_dir = ResultsStore(results).profiles
     records = []
     with Progress(console=console) as progress, ProcessPoolExecutor(
             max_workers=1, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
@@ -358,7 +344,7 @@ def run(decl, models: Sequence[str], scale: str, overrides: Sequence[str], devic
 
 
 def efficiency_table(records: Sequence[dict]):
-    from ctal_bench.tables import Entry, TableData
+    from ctal_bench.analysis.tables import Entry, TableData
 
     first = records[0]
     spec = first["spec_peak"]

@@ -10,12 +10,13 @@ Figures stay per suite: each per-task figure has a panel per dataset.
 Which rows go where follows from the cells: plain models make the main table, declared
 ablations the ablation table (against full CTAL), sweeps one sweep table and figure each; the
 convergence table has every variant, to show whether the fine-tuning budget was enough; the
-controls table (``ctal_bench.controls``) says which effects planted in the data the suite detected.
+controls table (``ctal_bench.analysis.controls``) says which effects planted in the data the suite detected.
 Row order follows the suite's declaration where the suite is declared. Failed cells are listed
 under the tables they are missing from (``failures``).
 """
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +25,15 @@ from typing import Sequence
 import pandas as pd
 from rich.console import Console
 
-from ctal_bench import controls, tables
+from ctal_bench.analysis import controls, tables
 from ctal_bench.declarations import Declarations
 from ctal_bench.errors import UserError
 from ctal_bench.registry import TASKS
-from ctal_bench.results import FAILED, ResultsStore, frame
+from ctal_bench.results import FAILED, CellKey, ResultsStore, frame
 
 FORMATS = ("md", "tex")
 FULL_MODEL = "ctal"  # ablations are variants of it
+DEFAULT_REFERENCE = "late_fusion"  # what the main table tests every model against
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -42,13 +44,67 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return chosen
 
 
-def load_profiles(results: Path) -> dict[str, dict]:
-    """model -> its ``bench.py profile`` record, where one exists."""
+def load_profiles(store: ResultsStore, console: Console) -> dict[str, dict]:
+    """model -> its ``bench.py profile`` record, where a readable one exists."""
     profiles = {}
-    for path in sorted((Path(results) / "profile").glob("*.json")):
-        record = json.loads(path.read_text())
-        profiles[record["model"]] = record
+    for path in sorted(store.profiles.glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            profiles[record["model"]] = record
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+            console.print(f"skipped unreadable profile {path} ({type(error).__name__})", markup=False)
     return profiles
+
+
+class MixedConfigs(UserError):
+    """A table row whose cells come from more than one configuration."""
+
+
+def mixed_settings(records: Sequence[dict], cells: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
+    """``cells`` where every table row (suite, variant, task, dataset, scale) comes from one
+    configuration, seeds and folds aside (``results.settings_hash``). A row that mixes them is an
+    error naming its cells and what differs, unless ``keep`` names the settings hash (or a
+    prefix of it) to keep in that row."""
+    row = ["suite", "variant", "task", "dataset", "scale"]
+    configs = {f"{r['cell']['suite']}/{CellKey(**r['cell']).id}": r.get("config", {}) for r in records}
+    kept, problems = [], []
+    for coordinates, group in cells.groupby(row, sort=False, dropna=False):
+        hashes = list(dict.fromkeys(group["settings_hash"]))
+        if len(hashes) > 1:
+            chosen = [h for h in hashes if any(h.startswith(k) for k in keep)]
+            if len(chosen) == 1:
+                group = group[group["settings_hash"] == chosen[0]]
+            else:
+                parts = []
+                for h in hashes:
+                    of_hash = group[group["settings_hash"] == h]
+                    seeds = ", ".join(str(x) for x in sorted(set(of_hash["seed"])))
+                    parts.append(f"{h[:8]} (seeds {seeds}; e.g. {of_hash['cell_id'].iloc[0]})")
+                first, second = (configs.get(group.loc[group["settings_hash"] == h, "cell_id"].iloc[0], {})
+                                 for h in hashes[:2])
+                differs = ", ".join(f"{k}={_flat(first).get(k)!r} vs {_flat(second).get(k)!r}"
+                                    for k in sorted(set(_flat(first)) | set(_flat(second)))
+                                    if k.split(".")[0] != "run" and k != "data.fold"
+                                    and _flat(first).get(k) != _flat(second).get(k))
+                problems.append(f"{coordinates[1]} · {coordinates[2]} on {coordinates[3]} (suite {coordinates[0]}) "
+                                f"mixes {len(hashes)} configurations: {' vs '.join(parts)}"
+                                + (f"; they differ in {differs}" if differs else ""))
+        kept.append(group)
+    if problems:
+        more = f" (and {len(problems) - 1} more rows)" if len(problems) > 1 else ""
+        raise MixedConfigs(f"a table row must come from one configuration: {problems[0]}{more}. Rerun those cells "
+                        "with one config, or keep one with report --keep HASH")
+    return pd.concat(kept) if kept else cells
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 FAILURE_COLUMNS = ("suite", "variant", "model", "task", "dataset", "fold", "seed", "reason")
@@ -162,52 +218,70 @@ def _write_table(table: tables.TableData, table_dir: Path, formats: Sequence[str
     return paths
 
 
-def report(results: Path, decl: Declarations, suites: Sequence[str] | None = None, reference: str = "late_fusion",
-           formats: Sequence[str] = FORMATS, console: Console | None = None, figures: bool = True
-           ) -> list[Path]:
+def report(results: Path, decl: Declarations, suites: Sequence[str] | None = None, reference: str | None = None,
+           formats: Sequence[str] = FORMATS, console: Console | None = None, figures: bool = True,
+           keep: Sequence[str] = ()) -> list[Path]:
     """Write every table and figure for ``suites`` (default: every suite with results);
-    print each main table. Returns the files written."""
+    print each main table. Returns the files written. ``reference``: the main table's reference
+    (default: late fusion; one given must have cells). Unreadable files are named and left out;
+    a table row that mixes configurations is refused (``mixed_settings``; ``keep`` chooses)."""
     console = console or Console()
     store = ResultsStore(results)
-    records = list(store.records())
-    cells = frame(records)
-    if cells.empty:
-        raise UserError(f"no finished result cells under {Path(results) / 'runs'}: run a suite first")
-    available = sorted(cells["suite"].unique())
+    runs = store.root / "runs"
+    available = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
     for suite in suites or ():
         if suite not in available:
-            raise UserError(f"no results for suite {suite!r} under {Path(results) / 'runs'}; "
-                            f"found: {', '.join(available)}")
+            raise UserError(f"no results for suite {suite!r} under {runs}; found: {', '.join(available) or 'none'}")
+    records = [r for suite in suites or available for r in store.records(suite)]
+    cells = frame(records)
+    if cells.empty:
+        _name_damaged(store, console)
+        raise UserError(f"no finished result cells under {runs}: run a suite first")
+    if reference is None:
+        reference = DEFAULT_REFERENCE  # a suite without it gets tables without significance marks
+    elif reference not in set(cells["variant"]):
+        close = difflib.get_close_matches(reference, sorted(set(cells["variant"])), n=3, cutoff=0.4)
+        raise UserError(f"--reference {reference!r} has no finished cells here; "
+                        + (f"did you mean {', '.join(close)}?" if close else
+                           f"variants with cells: {', '.join(sorted(set(cells['variant'])))}"))
+    cells = mixed_settings(records, cells, keep)
     failed = failures(records)
+    profiles = load_profiles(store, console)
     written = []
-    for suite in suites or available:
+    for suite in sorted(set(cells["suite"]), key=(suites or available).index):
         own = cells[cells["suite"] == suite]
         folders = []
         for group, group_cells in table_groups(own):
-            table_dir = Path(results) / "tables" / suite / group
-            written += _report_group(group_cells, decl, suite, group, reference, failed, results, table_dir,
+            table_dir = store.tables_dir(suite, group)
+            written += _report_group(group_cells, decl, suite, group, reference, failed, store, profiles, table_dir,
                                      formats, console)
             folders.append(str(table_dir))
         if figures:
-            from ctal_bench import plots
+            from ctal_bench.analysis import plots
 
             rows = layout(own, decl, suite)
-            suite_records = [r for r in records if r.get("cell", {}).get("suite") == suite]
-            written += plots.write_all(own, suite_records, Path(results) / "runs",
-                                       Path(results) / "figures" / suite, list(rows.sweeps), rows.variants,
-                                       reference)
+            suite_records = [r for r in records if r["cell"]["suite"] == suite]
+            written += plots.write_all(own, suite_records, store.predictions, store.figures_dir(suite),
+                                       list(rows.sweeps), rows.variants, reference)
         console.print(f"suite {suite}: tables in {', '.join(folders)}" + (
-            f", figures in {Path(results) / 'figures' / suite}" if figures else ""))
+            f", figures in {store.figures_dir(suite)}" if figures else ""))
+    _name_damaged(store, console)
     return written
 
 
+def _name_damaged(store: ResultsStore, console: Console) -> None:
+    for damaged in store.take_damaged():
+        console.print(f"skipped unreadable {damaged}: a rerun of its suite runs that cell again", markup=False,
+                      highlight=False, soft_wrap=True)
+
+
 def _report_group(own: pd.DataFrame, decl: Declarations, suite: str, group: str, reference: str,
-                  failed: pd.DataFrame, results: Path, table_dir: Path, formats: Sequence[str],
-                  console: Console) -> list[Path]:
+                  failed: pd.DataFrame, store: ResultsStore, profiles: dict[str, dict], table_dir: Path,
+                  formats: Sequence[str], console: Console) -> list[Path]:
     """The tables of one suite's cells on one dataset and scale, written to ``table_dir``."""
     written = []
     rows = layout(own, decl, suite, failed)
-    built = suite_tables(own, rows, reference, load_profiles(results), failed)
+    built = suite_tables(own, rows, reference, profiles, failed)
     table_dir.mkdir(parents=True, exist_ok=True)
     for table in built:
         written += _write_table(table, table_dir, formats)
@@ -216,7 +290,7 @@ def _report_group(own: pd.DataFrame, decl: Declarations, suite: str, group: str,
             table.comparisons.to_csv(path, index=False)
             written.append(path)
     if rows.models:
-        examples = tables.per_example(own, rows.models, reference, Path(results) / "runs")
+        examples = tables.per_example(own, rows.models, reference, store.predictions)
         if len(examples):
             path = table_dir / "main.per_example.csv"
             examples.to_csv(path, index=False)

@@ -20,7 +20,7 @@ transformers' RoBERTa classes to 1e-5):
 - ``audio_causal = True``: the release's audio self-attention is causal (``is_decoder=True``).
 
 Safe loading: ``torch.load(weights_only=True)`` first. ``Settings`` usually holds config or
-argparse objects, which that refuses; we then unpickle again with an unpickler that rebuilds
+command-line namespace objects, which that refuses; we then unpickle again with an unpickler that rebuilds
 tensors and plain containers only and turns every other named class or function into an inert
 ``Unread`` record (its name and plain state): nothing from the file is imported or called, and
 ``Settings`` can still be searched for plain values. ``trust=True`` unpickles everything
@@ -42,10 +42,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from ctal_bench.config import ModelConfig
 from ctal_bench.data.batching import AUDIO_DIM
+from ctal_bench.data.converted import converted_tokenizer, read_converted
 from ctal_bench.data.text import SPECIAL_TOKENS
 from ctal_bench.errors import UserError
+from ctal_bench.files import save_atomic
 from ctal_bench.models.ctal import CTAL, PRESETS
-from ctal_bench.training import save_atomic
 
 POSITION_OFFSET = 2  # RoBERTa: position ids of real tokens start at padding_idx (1) + 1
 AUDIO_POSITION_OFFSET = POSITION_OFFSET  # assumed: the release's acoustic embeddings follow RoBERTa
@@ -422,32 +423,15 @@ def convert(checkpoint: Path, tokenizer_dir: Path, out: Path, trust: bool = Fals
             f"wrote {out} and {tokenizer_path.name} (vocabulary {imported.tokenizer.get_vocab_size()})",
             f"model config: {overrides}",
             f"fine-tune a suite from it: python bench.py run --suite S --set pretrain.init={out} {overrides}",
-            "or in Python: from ctal_bench.released import load_converted; "
+            "or in Python: from ctal_bench.models.released import load_converted; "
             f"model, tokenizer = load_converted({str(out)!r}, n_outputs=...)"]
-
-
-def _converted_state(path: Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: converted checkpoint not found (write one with bench.py import-ctal)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("record", {}).get("source") != "released CTAL":
-        raise UserError(f"{path}: not a checkpoint written by bench.py import-ctal")
-    return state
-
-
-def converted_tokenizer(path: Path, record: dict | None = None) -> Tokenizer:
-    """The released tokenizer saved beside a converted checkpoint (``record``: its record, if
-    already loaded)."""
-    record = record or _converted_state(path)["record"]
-    return Tokenizer.from_str((Path(path).parent / record["tokenizer"]).read_text(encoding="utf-8"))
 
 
 def init_weights(path: Path, model_cfg: ModelConfig, frame_stack: int) -> tuple[dict[str, torch.Tensor], dict]:
     """A converted checkpoint's weights and record, for fine-tuning a model configured as
     ``model_cfg`` on frames stacked ``frame_stack`` at a time; every model field the network
     fixes must agree, and it reads single 160-d frames (the error lists the flags)."""
-    state = _converted_state(path)
+    state = read_converted(path)
     record = state["record"]
     needed = record["model_config"]
     wrong = {k: v for k, v in needed.items() if getattr(model_cfg, k) != v}
@@ -464,7 +448,7 @@ def init_weights(path: Path, model_cfg: ModelConfig, frame_stack: int) -> tuple[
 
 def load_converted(path: Path, n_outputs: int = 1) -> tuple[CTAL, Tokenizer]:
     """A converted checkpoint (see ``convert``) as our CTAL and its tokenizer."""
-    state = _converted_state(path)
+    state = read_converted(path)
     record = state["record"]
     tokenizer = converted_tokenizer(path, record)
     imported = Imported(state["model"], record["model_config"], tokenizer, record["global_step"], ())

@@ -14,7 +14,7 @@ reference is named, and a scatter's variants are told apart by a legend, never b
 points, which would pile up where variants cost the same.
 
 Cells whose metric is NaN (a diverged run) cannot be drawn and are left out; the tables of
-``ctal_bench.stats`` are where they count.
+``ctal_bench.analysis.stats`` are where they count.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import re
 import textwrap
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,12 +34,13 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from scipy.stats import norm
 
-from ctal_bench import catalog, metrics
+from ctal_bench import catalog
+from ctal_bench.analysis.stats import summarise
+from ctal_bench.analysis.tables import LATE_SHARE
 from ctal_bench.data.base import EMOTIONS
 from ctal_bench.registry import TASKS
 from ctal_bench.results import DONE
-from ctal_bench.stats import summarise
-from ctal_bench.tables import LATE_SHARE
+from ctal_bench.train import metrics
 
 DPI = 150
 PANEL_SIZE = (4.5, 3.6)  # inches per dataset panel
@@ -211,11 +212,12 @@ def det_points(targets: Sequence[int], scores: Sequence[float]) -> tuple[np.ndar
     return fpr, fnr
 
 
-def det_curves(cells: pd.DataFrame, runs_dir: Path, out_dir: Path, order: Sequence[str] | None = None) -> list[Path]:
+def det_curves(cells: pd.DataFrame, predictions: Callable[[str], pd.DataFrame | None], out_dir: Path,
+               order: Sequence[str] | None = None) -> list[Path]:
     """One figure of DET curves, a panel per verification dataset and a curve per variant.
 
-    ``runs_dir`` is the results store's ``runs/`` folder. A variant's trials are pooled over its
-    seeds and folds (``runs_dir/<cell_id>.preds.csv``); pooling mixes each seed's score
+    ``predictions`` reads a cell's predictions by its ``cell_id`` (the results store's reader). A
+    variant's trials are pooled over its seeds and folds; pooling mixes each seed's score
     calibration, so the pooled EER in the legend can sit above the mean per-seed EER of the
     tables. A variant with any predictions file missing, or any NaN score (a diverged run), is
     left out and named in the legend, rather than drawn from a subset of its seeds. Variants in
@@ -232,7 +234,7 @@ def det_curves(cells: pd.DataFrame, runs_dir: Path, out_dir: Path, order: Sequen
     colors = dict(zip(every, sns.color_palette("tab20" if len(every) > 10 else "tab10", len(every))))
     for ax, (dataset, data) in panels:
         for variant in variant_order(data, order):
-            trials = _pooled_trials(Path(runs_dir), data.loc[data["variant"] == variant, "cell_id"])
+            trials = _pooled_trials(predictions, data.loc[data["variant"] == variant, "cell_id"])
             if trials is None:
                 ax.plot([], [], " ", label=f"{variant}: left out (missing or NaN predictions)")
             else:
@@ -355,8 +357,9 @@ def pretrain_curves(records: Iterable[dict[str, Any]], out_dir: Path) -> list[Pa
     return _save(fig, out_dir, "pretrain-curves")
 
 
-def write_all(cells: pd.DataFrame, records: Iterable[dict[str, Any]], runs_dir: Path, out_dir: Path,
-              sweeps: Sequence[str], order: Sequence[str] | None = None, reference: str | None = None) -> list[Path]:
+def write_all(cells: pd.DataFrame, records: Iterable[dict[str, Any]],
+              predictions: Callable[[str], pd.DataFrame | None], out_dir: Path, sweeps: Sequence[str],
+              order: Sequence[str] | None = None, reference: str | None = None) -> list[Path]:
     """Every figure of one results set; the paths written. ``order``: the variants' order (a
     suite's declared rows, ``variant_order``); ``reference``: the variant named as the reference."""
     records = list(records)  # read by several figures
@@ -364,7 +367,7 @@ def write_all(cells: pd.DataFrame, records: Iterable[dict[str, Any]], runs_dir: 
                + quality_vs_throughput(cells, out_dir, order, reference))
     for sweep in sweeps:
         written += sweep_curves(cells, sweep, out_dir)
-    return (written + confusion_matrices(records, out_dir) + det_curves(cells, runs_dir, out_dir, order)
+    return (written + confusion_matrices(records, out_dir) + det_curves(cells, predictions, out_dir, order)
             + learning_curves(records, out_dir, order) + pretrain_curves(records, out_dir))
 
 
@@ -455,12 +458,12 @@ def _probit(rate: np.ndarray | float) -> np.ndarray:
     return norm.ppf(np.clip(rate, DET_RATE_FLOOR, 1 - DET_RATE_FLOOR))
 
 
-def _pooled_trials(runs_dir: Path, cell_ids: Iterable[str]) -> pd.DataFrame | None:
-    """The trials of all ``cell_ids`` in one table; None if a file is missing or a score is NaN."""
-    paths = [runs_dir / f"{cell_id}.preds.csv" for cell_id in cell_ids]
-    if not all(path.exists() for path in paths):
+def _pooled_trials(predictions: Callable[[str], pd.DataFrame | None], cell_ids: Iterable[str]) -> pd.DataFrame | None:
+    """The trials of all ``cell_ids`` in one table; None if one is unreadable or a score is NaN."""
+    parts = [predictions(cell_id) for cell_id in cell_ids]
+    if any(part is None for part in parts):
         return None
-    trials = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
+    trials = pd.concat(parts, ignore_index=True)
     return None if trials["score"].isna().any() else trials
 
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ctal_bench.errors import UserError
+from ctal_bench.errors import UserError, storage_error
 
 EXAMPLES = """examples:
   python bench.py run --suite smoke
@@ -46,7 +46,7 @@ def _data_arg(p):
 
 def _declarations_arg(p):
     p.add_argument("--ablations-dir", type=Path, default=None, metavar="DIR",
-                   help="directory of ablation/suite TOML declarations (default: the shipped ablations/)")
+                   help="directory of ablation/suite TOML declarations (default: the shipped ctal_bench/ablations/)")
 
 
 def _suite_narrowing_args(p):
@@ -128,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "write tables to results/tables/<suite>/<dataset>/ (one set per dataset and scale) and "
                        "figures to results/figures/<suite>/.")
     p.add_argument("--suite", nargs="+", default=None, help="suites to report (default: every suite with results)")
-    p.add_argument("--reference", default="late_fusion", help="the main table's reference model")
+    p.add_argument("--reference", default=None, help="the main table's reference model (default: late_fusion)")
+    p.add_argument("--keep", action="append", default=[], metavar="HASH",
+                   help="where a table row mixes configurations, keep the cells of this settings hash "
+                        "(the error names them; repeatable)")
     p.add_argument("--format", default="md,tex", help="table formats, comma-separated: md, tex")
     p.add_argument("--no-figures", action="store_true", help="tables only")
     _results_arg(p), _declarations_arg(p)
@@ -195,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="unpickle everything in the file (can run arbitrary code); default: tensors only")
     p.add_argument("--out", type=Path, default=None, metavar="PATH",
-                   help="default: results/checkpoints/released-<CKPT name>.pt")
+                   help="default: <results>/checkpoints/released-<CKPT name>.pt")
+    _results_arg(p)
     p.set_defaults(func=cmd_import_ctal)
 
     p = sub.add_parser("list", help="list registered models, datasets, tasks, ablations, suites",
@@ -213,53 +217,79 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_paths(args)
         return args.func(args) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write that failed for space or permission outside a cell
+        stop = storage_error(e)
+        if stop is None:
+            raise
+        print(f"error: {stop}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished cells and trials are saved; rerun the same command to resume", file=sys.stderr)
         return 130
 
 
-def cmd_run(args) -> int:
-    from ctal_bench import runner
+def check_paths(args) -> None:
+    """Before any work: ``--data-dir`` (default filled in here, once) is a directory or can be one,
+    and ``--results`` is a directory this process can write (a dry run only checks it is not a file)."""
+    from ctal_bench.data import default_data_dir
+    from ctal_bench.files import writable_dir
 
-    return runner.run_from_cli(args)
+    if hasattr(args, "data_dir"):
+        args.data_dir = args.data_dir or default_data_dir()
+        if args.data_dir.exists() and not args.data_dir.is_dir():
+            raise UserError(f"--data-dir {args.data_dir}: is a file, expected a directory")
+    if hasattr(args, "results"):
+        if getattr(args, "dry_run", False):
+            if args.results.exists() and not args.results.is_dir():
+                raise UserError(f"--results {args.results}: is a file, expected a directory")
+        else:
+            writable_dir(args.results, "--results")
+
+
+def cmd_run(args) -> int:
+    from ctal_bench.cli import run
+
+    return run.run_from_cli(args)
 
 
 def cmd_ablate(args) -> int:
-    from ctal_bench import runner
+    from ctal_bench.cli import run
 
-    return runner.ablate_from_cli(args)
+    return run.ablate_from_cli(args)
 
 
 def cmd_pretrain(args) -> int:
-    from ctal_bench import pretrain
+    from ctal_bench.cli import pretrain
 
     return pretrain.pretrain_from_cli(args)
 
 
 def cmd_tune(args) -> int:
-    from ctal_bench import tune
+    from ctal_bench.cli import tune
 
     return tune.tune_from_cli(args)
 
 
 def cmd_report(args) -> int:
-    from ctal_bench import declarations, report
+    from ctal_bench import declarations
+    from ctal_bench.analysis import report
 
     report.report(args.results, declarations.load(args.ablations_dir), args.suite, args.reference,
-                  report.parse_formats(args.format), figures=not args.no_figures)
+                  report.parse_formats(args.format), figures=not args.no_figures, keep=args.keep)
     return 0
 
 
 def cmd_profile(args) -> int:
-    from ctal_bench import catalog, declarations, profiling
-    from ctal_bench.data import default_data_dir
+    from ctal_bench import catalog, declarations
     from ctal_bench.data.prepare import DataPipeline
+    from ctal_bench.experiment import profile as profiling
     from ctal_bench.registry import MODELS
-    from ctal_bench.runner import resolve_device
+    from ctal_bench.train.device import resolve_device
 
     catalog.load()
     decl = declarations.load(args.ablations_dir)
@@ -270,14 +300,14 @@ def cmd_profile(args) -> int:
     if args.steps < 5:
         raise UserError(f"--steps {args.steps}: expected at least 5 timed steps")
     profiling.run(decl, models, args.scale, args.overrides, resolve_device(args.device or "auto"), args.dtype,
-                  args.compile, args.results, DataPipeline(args.data_dir or default_data_dir()), args.steps)
+                  args.compile, args.results, DataPipeline(args.data_dir), args.steps)
     return 0
 
 
 def cmd_data_synth(args) -> int:
-    from ctal_bench.data import default_data_dir, synth
+    from ctal_bench.data import synth
 
-    data_dir = args.data_dir or default_data_dir()
+    data_dir = args.data_dir
     root = synth.build(data_dir, args.size, workers=args.workers)
     from rich.console import Console
 
@@ -295,21 +325,25 @@ def cmd_data_check(args) -> int:
 
     from ctal_bench.data import check
 
-    Console().print(check.render(check.check_dataset(args.path, args.format)))
+    summary = check.check_dataset(args.path, args.format)
+    Console().print(check.render(summary))
+    if summary.bad_audio:
+        raise UserError(f"{args.path}: {len(summary.bad_audio)} audio files cannot be used (listed above)")
     return 0
 
 
 def cmd_import_ctal(args) -> int:
-    from ctal_bench import released
+    from ctal_bench.models import released
+    from ctal_bench.results import ResultsStore
 
-    out = args.out or Path("results") / "checkpoints" / f"released-{args.checkpoint.stem}.pt"
+    out = args.out or ResultsStore(args.results).checkpoints / f"released-{args.checkpoint.stem}.pt"
     for line in released.convert(args.checkpoint, args.tokenizer, out, trust=args.trust_checkpoint):
         print(line)
     return 0
 
 
 def cmd_list(args) -> int:
-    from ctal_bench import listing
+    from ctal_bench.cli import listing
 
     if args.format == "json":
         import json
@@ -318,7 +352,7 @@ def cmd_list(args) -> int:
         return 0
     from rich.console import Console
 
-    from ctal_bench.tables import print_rich
+    from ctal_bench.analysis.tables import print_rich
 
     print_rich(Console(), listing.table(args.what, args.ablations_dir))
     return 0

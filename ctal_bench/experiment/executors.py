@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from ctal_bench.config import config_hash, to_dict
-from ctal_bench.errors import UserError
-from ctal_bench.results import FAILED, ResultsStore, environment
+from ctal_bench.config import config_hash
+from ctal_bench.errors import UserError, storage_error
+from ctal_bench.experiment.cell import record_failure, run_cell
+from ctal_bench.experiment.plan import Cell, starts_pretrained
+from ctal_bench.results import ResultsStore
 
 # (cell, its record, or None when its worker died before writing one)
-Outcome = tuple["Cell", "dict | None"]  # noqa: F821 (runner.Cell; a string to avoid an import cycle)
+Outcome = tuple[Cell, "dict | None"]
 
 
 @dataclass(frozen=True)
@@ -54,29 +56,22 @@ def _pipeline(workspace: Workspace):
     return _pipelines[workspace]
 
 
-def record_failure(store: ResultsStore, cell, message: str) -> dict:
-    """Write ``cell`` as failed, with ``message`` (a traceback) as its reason; return the record."""
-    record = {"status": FAILED, "config_hash": cell.hash, "config": to_dict(cell.config),
-              "variant": cell.variant.name, "traceback": message, "environment": environment()}
-    store.write(cell.key, record)
-    return record
-
-
 def pretrain_unit(workspace: Workspace, cfg, threads: int) -> str | None:
     """Pre-train (or find) the checkpoint ``cfg``'s cells share; the traceback if it failed."""
     import torch
 
-    from ctal_bench import pretrain
-    from ctal_bench.runner import resolve_device
+    from ctal_bench.train import pretrain
+    from ctal_bench.train.device import resolve_device
 
     torch.set_num_threads(cfg.run.threads or threads)
     try:
-        pretrain.pretrained_weights(cfg, _pipeline(workspace), workspace.results / "checkpoints",
+        pretrain.pretrained_weights(cfg, _pipeline(workspace), ResultsStore(workspace.results).checkpoints,
                                    resolve_device(cfg.run.device))
         return None
     except UserError:
         raise
-    except Exception:
+    except Exception as error:
+        raise_storage_error(error)
         return traceback.format_exc()
 
 
@@ -86,7 +81,6 @@ def cell_unit(workspace: Workspace, cell, threads: int, pretrain_failure: str | 
     traceback (as is every cell of a pre-training that failed)."""
     import torch
 
-    from ctal_bench.runner import run_cell
 
     store = ResultsStore(workspace.results)
     if pretrain_failure is not None:
@@ -94,37 +88,47 @@ def cell_unit(workspace: Workspace, cell, threads: int, pretrain_failure: str | 
     if threads:
         torch.set_num_threads(threads)
     try:
-        return run_cell(cell, _pipeline(workspace), store, workspace.results / "checkpoints", on_step)
+        return run_cell(cell, _pipeline(workspace), store, store.checkpoints, on_step)
     except UserError:
         raise
-    except Exception:  # a bug or a numerical failure in one cell: record it, the suite goes on
+    except Exception as error:  # a bug or a numerical failure in one cell: record it, the suite goes on
+        raise_storage_error(error)  # but a full disk fails every cell: stop
         return record_failure(store, cell, traceback.format_exc())
 
 
-def pretraining_needed(cell, data, checkpoints: Path) -> str | None:
-    """The key of the pre-training ``cell`` waits for, or None (no pre-training, or cached)."""
-    from ctal_bench import pretrain
-    from ctal_bench.runner import starts_pretrained
+def raise_storage_error(error: BaseException) -> None:
+    """Stop the run (a UserError) when ``error`` is a write that failed for space or permission."""
+    stop = storage_error(error)
+    if stop is not None:
+        raise stop from None
+
+
+def pretraining_needed(cell, data, checkpoints: Path, cached: dict[str, bool]) -> str | None:
+    """The key of the pre-training ``cell`` waits for, or None (no pre-training, or a readable
+    checkpoint in the cache; ``cached`` remembers each key's answer)."""
+    from ctal_bench.train import pretrain
 
     cfg = cell.config
     if not starts_pretrained(cfg) or cfg.pretrain.init:
         return None
     key = pretrain.pretrain_key(cfg, data)
-    return None if pretrain.checkpoint_path(checkpoints, key).exists() else key
+    if key not in cached:
+        cached[key] = pretrain.load_cached(pretrain.checkpoint_path(checkpoints, key)) is not None
+    return None if cached[key] else key
 
 
 def prepare(cells: Sequence, data, checkpoints: Path) -> dict:
     """Build every dataset, tokenizer and feature cache the cells read, here, once, so workers
     only read caches (and never extract the same features at the same time); return the key of
     the pre-training each cell waits for (None: none, or already cached)."""
-    seen, needs = set(), {}
+    seen, needs, cached = set(), {}, {}
     for cell in cells:
         cfg, k = cell.config, cell.key
         what = (k.dataset, cfg.data.size, k.task, k.fold, config_hash(cfg.data), cfg.pretrain.init)
         if what not in seen:
             seen.add(what)
             data.task_data(cfg, k.task, k.fold)
-        needs[k] = pretraining_needed(cell, data, checkpoints)
+        needs[k] = pretraining_needed(cell, data, checkpoints, cached)
         if needs[k] is not None and needs[k] not in seen:
             seen.add(needs[k])
             data.pretraining_items(cfg)
@@ -170,7 +174,7 @@ class LocalPool:
     def run(self, cells: Sequence, data, workspace: Workspace, on_start=None, on_step=None) -> Iterator[Outcome]:
         import multiprocessing
 
-        needs = prepare(cells, data, workspace.results / "checkpoints")
+        needs = prepare(cells, data, ResultsStore(workspace.results).checkpoints)
         pretrainings: dict[str, str | None] = {}  # key -> "running", or its failure (None = done)
         pending = list(cells)
         in_flight = {}
@@ -238,7 +242,7 @@ class RayCluster:
     def run(self, cells: Sequence, data, workspace: Workspace, on_start=None, on_step=None) -> Iterator[Outcome]:
         import ray
 
-        needs = prepare(cells, data, workspace.results / "checkpoints")
+        needs = prepare(cells, data, ResultsStore(workspace.results).checkpoints)
         if not ray.is_initialized():
             ray.init(address=self.address, log_to_driver=False, include_dashboard=False)
         resources = ray.cluster_resources()
@@ -266,37 +270,3 @@ class RayCluster:
                 if isinstance(error.cause, UserError):
                     raise error.cause from None
                 raise
-
-
-# Below this many cells a pool's single-threaded workers lose more to the shared pre-training
-# (which one worker runs on one thread while the others wait) than they gain. Smoke's 3 cells
-# all wait for one pre-training: 15 s on 2 threads, about 24 s on one (mini CTAL, 2 cores).
-POOL_MIN_CELLS = 8
-
-
-def executor_from_args(args):
-    """``--executor local [--jobs N|auto]`` or ``--executor ray [--address A] [--cpus-per-cell C]``,
-    checked now; returns the executor for a given number of cells to train.
-
-    ``--jobs auto`` (the default): one single-threaded worker per core for a CPU run of at least
-    POOL_MIN_CELLS cells (small models use a second thread poorly); in this process on a GPU."""
-    if args.executor == "ray":
-        ray = RayCluster(args.address, args.cpus_per_cell)
-        return lambda cells_to_run: ray
-    if args.address:
-        raise UserError("--address is for --executor ray")
-    if args.jobs != "auto":
-        try:
-            jobs = int(args.jobs)
-        except ValueError:
-            raise UserError(f"--jobs {args.jobs}: expected a number of worker processes or auto") from None
-        pool = InProcess() if jobs == 1 else LocalPool(jobs)
-        return lambda cells_to_run: pool
-
-    def auto(cells_to_run: int):
-        import torch
-
-        on_gpu = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
-        cores = os.cpu_count() or 1
-        return LocalPool(cores) if cores > 1 and not on_gpu and cells_to_run >= POOL_MIN_CELLS else InProcess()
-    return auto

@@ -26,15 +26,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ctal_bench import stats
-from ctal_bench.metrics import HIGHER_IS_BETTER
+from ctal_bench.analysis import stats
 from ctal_bench.registry import TASKS
+from ctal_bench.train.metrics import HIGHER_IS_BETTER
 
 ALPHAS = (0.05, 0.01)
 MARKS = ("†", "‡")  # significant at ALPHAS[0] / ALPHAS[1] after correction
@@ -494,10 +493,11 @@ def sweep_table(cells: pd.DataFrame, sweep: str, full: str, tasks: Sequence[str]
     return table
 
 
-def per_example(cells: pd.DataFrame, models: Sequence[str], reference: str, runs_dir: Path,
-                resamples: int = 1000) -> pd.DataFrame:
+def per_example(cells: pd.DataFrame, models: Sequence[str], reference: str,
+                predictions: Callable[[str], pd.DataFrame | None], resamples: int = 1000) -> pd.DataFrame:
     """Each model against ``reference`` on the same test examples, seed by seed (and fold by
-    fold), from the saved predictions: the selection metric's difference with a paired bootstrap
+    fold), from the saved predictions (``predictions(cell_id)``, the results store's reader; a
+    pair with one unreadable is left out): the selection metric's difference with a paired bootstrap
     over speakers (clusters), and for emotion the exact McNemar test on correctness. Holm over
     the bootstrap p-values of the whole family."""
     rows = []
@@ -508,11 +508,12 @@ def per_example(cells: pd.DataFrame, models: Sequence[str], reference: str, runs
         for _, cell in own.iterrows():
             match = cells[(cells["variant"] == reference) & (cells["task"] == cell["task"])
                           & (cells["fold"] == cell["fold"]) & (cells["seed"] == cell["seed"])]
-            paths = [runs_dir / f"{cell_id}.preds.csv" for cell_id in (cell["cell_id"], *match["cell_id"])]
-            if len(paths) != 2 or not all(p.exists() for p in paths):
+            if len(match) != 1:
+                continue
+            a, b = predictions(cell["cell_id"]), predictions(match["cell_id"].iloc[0])
+            if a is None or b is None:
                 continue
             task = TASKS.get(cell["task"])
-            a, b = (pd.read_csv(p) for p in paths)
             b = b.set_index(list(task.row_keys)).loc[a.set_index(list(task.row_keys)).index].reset_index()
             boot = stats.paired_bootstrap(a, b, task.score_predictions, task.cluster, resamples,
                                           seed=int(cell["seed"]))

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from ctal_bench.data.base import EMOTIONS, Example, Split, Trial
 from ctal_bench.errors import UserError
-from ctal_bench.metrics import (
+from ctal_bench.registry import TASKS
+from ctal_bench.train.metrics import (
     HIGHER_IS_BETTER,
     classification_metrics,
     confusion_matrix,
@@ -33,7 +34,6 @@ from ctal_bench.metrics import (
     unweighted_accuracy,
     verification_metrics,
 )
-from ctal_bench.registry import TASKS
 
 UNSEEN_SPEAKER = -1  # verification target of a speaker outside the training set; the loss skips it
 
@@ -201,7 +201,7 @@ class SentimentTask(Task):
         return F.l1_loss(logits[:, 0], targets.to(logits.dtype))
 
     def evaluate(self, outputs: EvalOutputs) -> dict[str, float]:
-        # Raw (unclipped) predictions, as MMSA scores them; see ctal_bench.metrics.
+        # Raw (unclipped) predictions, as MMSA scores them; see ctal_bench.train.metrics.
         return sentiment_metrics(outputs.logits[:, 0], outputs.targets)
 
     def predictions(self, outputs: EvalOutputs) -> pd.DataFrame:
