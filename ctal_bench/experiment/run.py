@@ -122,12 +122,12 @@ def execute(decl: Declarations, request: Request, results: Path, data_dir: Path,
             Console(width=max(console.width, 170)).print(
                 plan_table(rows, f"{title}: {len(rows)} cells (dry run: nothing is trained)"))
         return 0
-    for name, size in sorted({(c.config.data.dataset, c.config.data.size) for c in cells}):
-        data.dataset(name, size)  # build or check every dataset before any cell runs
-    for tuned in request.tuned.values():
-        console.print(f"tuned settings: {tuned.source}")
     store = ResultsStore(results)
-    with store.lock(f"bench.py {title}"):
+    with store.lock(f"bench.py {title}"):  # before any work: a second run on this folder stops at once
+        for name, size in sorted({(c.config.data.dataset, c.config.data.size) for c in cells}):
+            data.dataset(name, size)  # build or check every dataset before any cell runs
+        for tuned in request.tuned.values():
+            console.print(f"tuned settings: {tuned.source}")
         summary = run_cells(cells, data, store, console, executor_for)
         if not comparison:
             tables.print_rich(console, summary_table(summary, title))
