@@ -67,14 +67,19 @@ def save_atomic(path: Path, state: dict) -> None:
 
 
 def writable_dir(path: Path, option: str) -> Path:
-    """``path`` as a directory this process can write to (created if missing), checked before
-    any work; else one UserError naming ``option`` and the reason."""
+    """Check before any work that ``path`` is, or can be made, a directory this process can write
+    to; else one UserError naming ``option`` and the reason. Creates nothing: a missing path is
+    checked at its nearest existing parent."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {path}: is a file, expected a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option} {path}: {existing} is a file, expected a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-check.")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-check.")
         os.close(fd)
         os.unlink(probe)
     except OSError as error:

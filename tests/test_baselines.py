@@ -22,7 +22,7 @@ from ctal_bench.train.optim import adamw
 torch.set_num_threads(1)
 BASELINES = ("text_only", "audio_only", "late_fusion", "tfn", "lmf", "mult")
 for _name in BASELINES:
-    importlib.import_module(f"baselines.{_name}")
+    importlib.import_module(f"ctal_bench.baselines.{_name}")
 importlib.import_module("ctal_bench.train.tasks")  # registers the tasks whose losses we train with
 
 VOCAB = 40

@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # the command line, mostly as a child process
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -22,6 +22,8 @@ from ctal_bench.experiment.plan import Request, cell_config
 from ctal_bench.train.distributed import SINGLE_PROCESS, World, from_environment, process_group
 from ctal_bench.train.pretrain import checkpoint_path, pretrain_key, pretrained_weights
 
+pytestmark = pytest.mark.integration  # torchrun-style process groups
+
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 40
 # 21 utterances in batches of 4: five full batches and a last one of 1 row, which leaves the

@@ -13,6 +13,8 @@ from processes import start_bench
 
 from ctal_bench import cli, declarations
 
+pytestmark = pytest.mark.integration  # worker pools, signals and Ray
+
 TINY = ["--suite", "smoke", "--set", "data.size=tiny", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
         "--set", "run.threads=1"]
 

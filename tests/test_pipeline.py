@@ -23,6 +23,8 @@ from ctal_bench.registry import TASKS
 from ctal_bench.train.loop import Schedule, fit
 from ctal_bench.train.pretrain import pretrain_losses
 
+pytestmark = pytest.mark.integration  # end-to-end runs of suites
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "data.size=tiny", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
         "--set", "run.threads=1"]

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ctal_bench import catalog, declarations
 from ctal_bench.experiment.plan import Request, expand, suite_variants
 from ctal_bench.models import ctal
@@ -60,6 +62,7 @@ def bench(*args):
                           timeout=120, env=env)
 
 
+@pytest.mark.integration
 def test_dry_run_shows_every_cell_and_trains_and_writes_nothing(tmp_path):
     results, data = tmp_path / "results", tmp_path / "data"
     proc = bench("run", "--suite", "paper", "--dry-run", "--results", str(results), "--data-dir", str(data))

@@ -332,6 +332,7 @@ def _overlaps(boxes) -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.integration
 def test_figures_at_the_paper_suites_size_have_no_overlapping_labels(paper_sized, tmp_path, monkeypatch):
     store, records, order = paper_sized
     figures = {}

@@ -100,6 +100,7 @@ def test_mfu_and_spec_peaks():
     assert profiling.spec_peak("NVIDIA H200", "bf16") is None
 
 
+@pytest.mark.integration
 def test_profile_command_writes_records_and_the_efficiency_table(tmp_path):
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), "profile", "--models", "ctal", "lmf",

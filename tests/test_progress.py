@@ -79,3 +79,18 @@ def test_the_heartbeat_states_the_time_left_at_the_pace_so_far():
     view.heartbeat()
     assert re.search(r"progress: 4/6 cells recorded \(done 2, failed 0\), running 2, left 2; elapsed 3m20s, "
                      r"ETA 3m20s$", out.getvalue().strip())
+
+
+def test_the_live_view_leaves_cells_whose_worker_died_unfinished(smoke_cells):
+    """After a worker dies its cells are not done: the bar stops short and says how many."""
+    from ctal_bench.experiment.progress import LiveView
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=200)
+    counts = RunCounts(todo=3, waiting=3, workers=1)
+    with LiveView(console, counts, left=3, steps_visible=False) as view:
+        view.finished([(smoke_cells[0], {"status": "done"})])
+        counts.done = 1
+        view.finished([(cell, None) for cell in smoke_cells[1:]])
+    overall = view.progress.tasks[view.overall]
+    assert overall.completed == 1 and overall.total == 3
+    assert "unfinished 2" in overall.description

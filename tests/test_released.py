@@ -384,6 +384,7 @@ def test_import_ctal_refusals_are_one_line(reduced, tmp_path):
 
 
 
+@pytest.mark.integration
 def test_a_suite_fine_tunes_from_imported_weights_with_their_tokenizer(reduced, tmp_path):
     release, imported = reduced
     out = tmp_path / "converted" / "ctal-released.pt"

@@ -6,6 +6,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 
 from ctal_bench.results import DONE, FAILED, CellKey, ResultsStore
 
@@ -80,6 +81,7 @@ def test_killed_writer_leaves_no_partial_json(tmp_path):
     assert list(ResultsStore(tmp_path).records()) == []
 
 
+@pytest.mark.integration
 def test_writer_killed_at_random_moments_never_exposes_partial_files(tmp_path):
     for delay in (0.05, 0.13, 0.31):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "loop"])

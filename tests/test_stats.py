@@ -71,6 +71,7 @@ def test_the_rank_test_limit_is_the_paired_wilcoxons_not_mann_whitneys():
     assert "Wilcoxon" in doc and "Mann-Whitney" in doc and "a rank test cannot" not in doc
 
 
+@pytest.mark.integration
 def test_aso_is_deepsigs_and_orders_clear_cases_also_when_compared_in_worker_processes():
     from deepsig import aso
 

@@ -16,6 +16,8 @@ from ctal_bench.data import synth
 from ctal_bench.data.base import EMOTIONS
 from ctal_bench.errors import DataError, UserError
 
+pytestmark = pytest.mark.integration  # builds of the synth set
+
 TINY = synth.SIZES["tiny"]
 TINY_SPEAKERS = TINY.speakers_per_role()
 TINY_UTTERANCES = TINY.utterances_per_role()

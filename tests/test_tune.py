@@ -21,6 +21,8 @@ from ctal_bench.experiment.tuned import find_tuned, read_tuned, tuned_path
 from ctal_bench.registry import DATASETS
 from ctal_bench.train.loop import Schedule, fit
 
+pytestmark = pytest.mark.integration  # Optuna studies end to end
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "data.size=tiny", "--set", "finetune.epochs=2", "--set", "run.threads=1"]
 TUNED = "tuned/text_only__emotion__synth.toml"
