@@ -178,7 +178,8 @@ def measure(pairs: list[Pair], batch: int, steps: int, repeats: int, warmup: int
                 seconds = seconds_per_step(step, 1)
             counts[key] = max(1, min(steps, round(target / seconds)))
         for phase in ("train", "infer"):  # both sides of a phase take the same number of steps
-            counts[f"ours_{phase}"] = counts[f"theirs_{phase}"] = min(counts[f"ours_{phase}"], counts[f"theirs_{phase}"])
+            shared = min(counts[f"ours_{phase}"], counts[f"theirs_{phase}"])
+            counts[f"ours_{phase}"] = counts[f"theirs_{phase}"] = shared
         times = {key: [] for key in functions}
         for _ in range(repeats):  # interleaved, so a slow moment of the machine hits both sides
             for key, step in functions.items():

@@ -1,6 +1,5 @@
 """Controls: the table marks exactly the differences planted in known records."""
 import numpy as np
-import pandas as pd
 import pytest
 
 from ctal_bench import catalog, declarations

@@ -26,7 +26,7 @@ import pandas as pd
 from rich.console import Console
 
 from ctal_bench.analysis import controls, tables
-from ctal_bench.declarations import Declarations
+from ctal_bench.declarations import Declarations, flatten
 from ctal_bench.errors import UserError
 from ctal_bench.registry import TASKS
 from ctal_bench.results import FAILED, CellKey, ResultsStore, frame
@@ -80,12 +80,11 @@ def mixed_settings(records: Sequence[dict], cells: pd.DataFrame, keep: Sequence[
                     of_hash = group[group["settings_hash"] == h]
                     seeds = ", ".join(str(x) for x in sorted(set(of_hash["seed"])))
                     parts.append(f"{h[:8]} (seeds {seeds}; e.g. {of_hash['cell_id'].iloc[0]})")
-                first, second = (configs.get(group.loc[group["settings_hash"] == h, "cell_id"].iloc[0], {})
+                first, second = (flatten(configs.get(group.loc[group["settings_hash"] == h, "cell_id"].iloc[0], {}))
                                  for h in hashes[:2])
-                differs = ", ".join(f"{k}={_flat(first).get(k)!r} vs {_flat(second).get(k)!r}"
-                                    for k in sorted(set(_flat(first)) | set(_flat(second)))
-                                    if k.split(".")[0] != "run" and k != "data.fold"
-                                    and _flat(first).get(k) != _flat(second).get(k))
+                differs = ", ".join(f"{k}={first.get(k)!r} vs {second.get(k)!r}"
+                                    for k in sorted(set(first) | set(second))
+                                    if not k.startswith("run.") and k != "data.fold" and first.get(k) != second.get(k))
                 problems.append(f"{coordinates[1]} · {coordinates[2]} on {coordinates[3]} (suite {coordinates[0]}) "
                                 f"mixes {len(hashes)} configurations: {' vs '.join(parts)}"
                                 + (f"; they differ in {differs}" if differs else ""))
@@ -95,16 +94,6 @@ def mixed_settings(records: Sequence[dict], cells: pd.DataFrame, keep: Sequence[
         raise MixedConfigs(f"a table row must come from one configuration: {problems[0]}{more}. Rerun those cells "
                         "with one config, or keep one with report --keep HASH")
     return pd.concat(kept) if kept else cells
-
-
-def _flat(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 FAILURE_COLUMNS = ("suite", "variant", "model", "task", "dataset", "fold", "seed", "reason")

@@ -112,3 +112,20 @@ def csv_rows(path: Path, columns: Sequence[str],
             raise DataError(path, "expected a UTF-8 CSV file") from None
         except csv.Error as e:
             raise DataError(path, f"malformed CSV ({e})") from None
+
+
+def progress_bar(enabled: bool):
+    """The bar long data work (building, feature extraction) shows on stderr: done / total and time left."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not enabled)

@@ -28,7 +28,7 @@ import torch
 import torchaudio
 
 from ctal_bench.config import FeatureConfig, config_hash
-from ctal_bench.data.base import Example
+from ctal_bench.data.base import Example, progress_bar
 from ctal_bench.errors import DataError, UserError
 from ctal_bench.files import atomic_write
 
@@ -323,22 +323,6 @@ def _compute_missing(jobs: Sequence[Job], cfg: FeatureConfig, workers: int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _progress_bar(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled)
-
-
 def extract_features(examples: Sequence[Example], cfg: FeatureConfig, cache_dir: Path,
                      workers: int = 2, progress: bool = True) -> dict[str, np.ndarray]:
     """uid -> float16 (T, feature_dim(cfg)) for every example, from the cache where possible.
@@ -354,7 +338,7 @@ def extract_features(examples: Sequence[Example], cfg: FeatureConfig, cache_dir:
     found: dict[str, np.ndarray] = {}
     waiting: dict[str, list[str]] = {}  # digest -> uids that need it
     jobs: list[Job] = []
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("features", total=len(examples))
         try:
             for example in examples:

@@ -79,7 +79,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctal_bench.data.base import EMOTIONS, Dataset, Example, Split, csv_rows
+from ctal_bench.data.base import EMOTIONS, Dataset, Example, Split, csv_rows, progress_bar
 from ctal_bench.data.trials import build_trials
 from ctal_bench.errors import DataError, UserError
 from ctal_bench.registry import DATASETS
@@ -603,22 +603,6 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     path.write_text(buffer.getvalue(), encoding="utf-8")
 
 
-def _progress_bar(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled)
-
-
 def _reusable(root: Path, generation: dict, engine_versions: dict) -> bool:
     """A finished build of exactly these parameters and versions whose files verify."""
     try:
@@ -691,7 +675,7 @@ def build(data_dir: Path, size: str = "default", workers: int = 2, progress: boo
         counts: list[int] = []
         # spawn: the workers must not inherit this process's threads (the progress bar's).
         context = multiprocessing.get_context("spawn")
-        with _progress_bar(progress) as bar, context.Pool(min(workers, len(chunks)), _init_worker) as pool:
+        with progress_bar(progress) as bar, context.Pool(min(workers, len(chunks)), _init_worker) as pool:
             task = bar.add_task(f"synth-{size}", total=len(jobs))
             # imap keeps the chunks' order; which worker renders a chunk does not matter.
             for chunk_counts in pool.imap(_render_chunk, [(str(staged), c) for c in chunks]):
