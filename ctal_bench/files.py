@@ -66,14 +66,19 @@ def save_atomic(path: Path, state: dict) -> None:
     atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
+def not_a_file(path: Path, option: str) -> Path:
+    """``path``, unless it exists as something other than a directory (one UserError naming ``option``)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path}: is a file, expected a directory")
+    return path
+
+
 def writable_dir(path: Path, option: str) -> Path:
     """Check before any work that ``path`` is, or can be made, a directory this process can write
     to; else one UserError naming ``option`` and the reason. Creates nothing: a missing path is
     checked at its nearest existing parent."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{option} {path}: is a file, expected a directory")
-    existing = path
+    existing = path = not_a_file(path, option)
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():

@@ -123,7 +123,6 @@ class ResultsStore:
         path = self.cell_path(key)
         atomic_write_text(path, json.dumps({"cell": asdict(key), **record}, indent=1, default=_jsonable),
                           durable=True)
-        self.damaged.pop(path, None)
         return path
 
     def write_predictions(self, key: CellKey, predictions: pd.DataFrame) -> dict[str, Any]:
@@ -139,7 +138,7 @@ class ResultsStore:
 
     def read_predictions(self, key: CellKey) -> pd.DataFrame | None:
         record = self.read(key)
-        return None if record is None else self._predictions(key, record)
+        return None if record is None else self.predictions_of(key, record)
 
     def predictions(self, cell_id: str) -> pd.DataFrame | None:
         """The predictions of ``<suite>/<cell id>`` (a frame's ``cell_id``), checked against the
@@ -147,14 +146,17 @@ class ResultsStore:
         suite, _, name = cell_id.partition("/")
         path = self.runs_dir(suite) / f"{name}.json"
         record = self._read_record(path)
-        return None if record is None else self._predictions(CellKey(**record["cell"]), record)
+        return None if record is None else self.predictions_of(CellKey(**record["cell"]), record)
 
     def is_done(self, key: CellKey, config_hash: str) -> bool:
-        """Finished with this config hash, and its predictions complete."""
-        record = self.read(key)
-        if not (record and record.get("status") == DONE and record.get("config_hash") == config_hash):
+        return self.complete(key, self.read(key), config_hash)
+
+    def complete(self, key: CellKey, record: dict[str, Any] | None, config_hash: str) -> bool:
+        """Whether ``record`` (the cell's, as read) finished with this config hash, and its
+        predictions are complete."""
+        if not (record and record["status"] == DONE and record["config_hash"] == config_hash):
             return False
-        return self._predictions(key, record) is not None
+        return self.predictions_of(key, record) is not None
 
     def records(self, suite: str | None = None) -> Iterator[dict[str, Any]]:
         """Every readable cell record (of one suite, or all), in file-name order."""
@@ -178,7 +180,9 @@ class ResultsStore:
         problem = _record_problem(record)
         return self._note(path, problem) if problem else record
 
-    def _predictions(self, key: CellKey, record: dict[str, Any]) -> pd.DataFrame | None:
+    def predictions_of(self, key: CellKey, record: dict[str, Any]) -> pd.DataFrame | None:
+        """The cell's predictions, checked against its ``record`` (row count and digest); None if
+        missing or damaged (noted)."""
         path = self.predictions_path(key)
         try:
             data = path.read_bytes()
@@ -228,16 +232,21 @@ def _record_problem(record: Any) -> str | None:
     return None
 
 
-def settings_hash(record: dict[str, Any]) -> str:
+def row_settings(config: dict[str, Any]) -> dict[str, Any]:
     """What must agree between the cells of one table row: the config without the cell's own
-    coordinates and execution details (``run.*``: seed, device, threads; ``data.fold``), and the
-    declared code versions. Records without a config fall back to their config hash."""
+    coordinates and execution details (``run.*``: seed, device, threads; ``data.fold``)."""
+    shared = {k: v for k, v in config.items() if k != "run"}
+    shared["data"] = {k: v for k, v in shared.get("data", {}).items() if k != "fold"}
+    return shared
+
+
+def settings_hash(record: dict[str, Any]) -> str:
+    """The hash of a record's ``row_settings`` and declared code versions. Records without a
+    config fall back to their config hash."""
     config = record.get("config")
     if not isinstance(config, dict):
         return record.get("config_hash", "")
-    shared = {k: v for k, v in config.items() if k != "run"}
-    shared["data"] = {k: v for k, v in shared.get("data", {}).items() if k != "fold"}
-    return config_hash({"config": shared, "versions": record.get("versions")})
+    return config_hash({"config": row_settings(config), "versions": record.get("versions")})
 
 
 FRAME_COLUMNS = ("suite", "variant", "task", "dataset", "fold", "seed", "model", "ablation", "sweep_value",

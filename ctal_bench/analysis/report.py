@@ -29,7 +29,7 @@ from ctal_bench.analysis import controls, tables
 from ctal_bench.declarations import Declarations, flatten
 from ctal_bench.errors import UserError
 from ctal_bench.registry import TASKS
-from ctal_bench.results import FAILED, CellKey, ResultsStore, frame
+from ctal_bench.results import FAILED, CellKey, ResultsStore, frame, row_settings
 
 FORMATS = ("md", "tex")
 FULL_MODEL = "ctal"  # ablations are variants of it
@@ -66,7 +66,8 @@ def mixed_settings(records: Sequence[dict], cells: pd.DataFrame, keep: Sequence[
     error naming its cells and what differs, unless ``keep`` names the settings hash (or a
     prefix of it) to keep in that row."""
     row = ["suite", "variant", "task", "dataset", "scale"]
-    configs = {f"{r['cell']['suite']}/{CellKey(**r['cell']).id}": r.get("config", {}) for r in records}
+    settings = {f"{r['cell']['suite']}/{CellKey(**r['cell']).id}": flatten(row_settings(r.get("config", {})))
+                for r in records}
     kept, problems = [], []
     for coordinates, group in cells.groupby(row, sort=False, dropna=False):
         hashes = list(dict.fromkeys(group["settings_hash"]))
@@ -80,11 +81,10 @@ def mixed_settings(records: Sequence[dict], cells: pd.DataFrame, keep: Sequence[
                     of_hash = group[group["settings_hash"] == h]
                     seeds = ", ".join(str(x) for x in sorted(set(of_hash["seed"])))
                     parts.append(f"{h[:8]} (seeds {seeds}; e.g. {of_hash['cell_id'].iloc[0]})")
-                first, second = (flatten(configs.get(group.loc[group["settings_hash"] == h, "cell_id"].iloc[0], {}))
+                first, second = (settings[group.loc[group["settings_hash"] == h, "cell_id"].iloc[0]]
                                  for h in hashes[:2])
                 differs = ", ".join(f"{k}={first.get(k)!r} vs {second.get(k)!r}"
-                                    for k in sorted(set(first) | set(second))
-                                    if not k.startswith("run.") and k != "data.fold" and first.get(k) != second.get(k))
+                                    for k in sorted(set(first) | set(second)) if first.get(k) != second.get(k))
                 problems.append(f"{coordinates[1]} · {coordinates[2]} on {coordinates[3]} (suite {coordinates[0]}) "
                                 f"mixes {len(hashes)} configurations: {' vs '.join(parts)}"
                                 + (f"; they differ in {differs}" if differs else ""))

@@ -237,16 +237,13 @@ def check_paths(args) -> None:
     """Before any work: ``--data-dir`` (default filled in here, once) is a directory or can be one,
     and ``--results`` is a directory this process can write (a dry run only checks it is not a file)."""
     from ctal_bench.data import default_data_dir
-    from ctal_bench.files import writable_dir
+    from ctal_bench.files import not_a_file, writable_dir
 
     if hasattr(args, "data_dir"):
-        args.data_dir = args.data_dir or default_data_dir()
-        if args.data_dir.exists() and not args.data_dir.is_dir():
-            raise UserError(f"--data-dir {args.data_dir}: is a file, expected a directory")
+        args.data_dir = not_a_file(args.data_dir or default_data_dir(), "--data-dir")
     if hasattr(args, "results"):
-        if getattr(args, "dry_run", False):
-            if args.results.exists() and not args.results.is_dir():
-                raise UserError(f"--results {args.results}: is a file, expected a directory")
+        if getattr(args, "dry_run", False):  # a dry run writes nothing
+            not_a_file(args.results, "--results")
         else:
             writable_dir(args.results, "--results")
 
@@ -307,8 +304,7 @@ def cmd_profile(args) -> int:
 def cmd_data_synth(args) -> int:
     from ctal_bench.data import synth
 
-    data_dir = args.data_dir
-    root = synth.build(data_dir, args.size, workers=args.workers)
+    root = synth.build(args.data_dir, args.size, workers=args.workers)
     from rich.console import Console
 
     console = Console()
@@ -316,7 +312,7 @@ def cmd_data_synth(args) -> int:
     if args.probe:
         from ctal_bench.data import probe
 
-        console.print(probe.render(probe.probe(root, data_dir, workers=args.workers)))
+        console.print(probe.render(probe.probe(root, args.data_dir, workers=args.workers)))
     return 0
 
 

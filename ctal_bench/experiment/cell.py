@@ -60,10 +60,11 @@ def run_cell(cell: Cell, data, store: ResultsStore, checkpoints: Path, on_step=N
 
 def share_result(twin: Cell, cell: Cell, store: ResultsStore) -> dict:
     """Record ``cell`` from a finished cell with the identical config instead of training again."""
-    record = {k: v for k, v in store.read(twin.key).items() if k != "cell"}
+    source = store.read(twin.key)
+    record = {k: v for k, v in source.items() if k != "cell"}
     record.update(variant=cell.variant.name, ablation=cell.variant.ablation, sweep_value=cell.variant.sweep_value,
                   scale=cell.scale, shared_from=twin.key.id)
-    predictions = store.read_predictions(twin.key)
+    predictions = store.predictions_of(twin.key, source)
     if predictions is not None:
         record["predictions"] = store.write_predictions(cell.key, predictions)
     store.write(cell.key, record)

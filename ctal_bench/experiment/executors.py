@@ -81,7 +81,6 @@ def cell_unit(workspace: Workspace, cell, threads: int, pretrain_failure: str | 
     traceback (as is every cell of a pre-training that failed)."""
     import torch
 
-
     store = ResultsStore(workspace.results)
     if pretrain_failure is not None:
         return record_failure(store, cell, f"its pre-training failed:\n{pretrain_failure}")

@@ -187,6 +187,7 @@ class Triage:
     todo: list[Cell] = field(default_factory=list)
     twins: dict[CellKey, list[Cell]] = field(default_factory=dict)  # a cell to train -> cells sharing its result
     replaced: list[Cell] = field(default_factory=list)  # finished with another config: this run replaces them
+    records: dict[CellKey, dict] = field(default_factory=dict)  # the done cells' records, as triage read them
 
     @property
     def left(self) -> int:
@@ -198,13 +199,13 @@ def triage(cells: list[Cell], store: ResultsStore) -> Triage:
     again (the task is a cell coordinate, not part of the config)."""
     plan, finished, first = Triage(), {}, {}
     for cell in cells:
-        if store.is_done(cell.key, cell.hash):
+        record = store.read(cell.key)
+        if store.complete(cell.key, record, cell.hash):
             plan.done.append(cell)
+            plan.records[cell.key] = record
             finished.setdefault((cell.key.task, cell.hash), cell)
-        else:
-            record = store.read(cell.key)
-            if record is not None and record["status"] == DONE and record["config_hash"] != cell.hash:
-                plan.replaced.append(cell)
+        elif record is not None and record["status"] == DONE and record["config_hash"] != cell.hash:
+            plan.replaced.append(cell)
     done = {cell.key for cell in plan.done}
     for cell in cells:
         same = (cell.key.task, cell.hash)

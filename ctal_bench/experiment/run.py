@@ -45,7 +45,7 @@ def run_cells(cells: list[Cell], data, store: ResultsStore, console: Console, ex
         console.print(f"replacing {len(plan.replaced)} cells finished with another config (e.g. "
                       f"{plan.replaced[0].key.id}); report refuses a table row that mixes configs", markup=False,
                       highlight=False, soft_wrap=True)
-    summary.skipped = [(cell, store.read(cell.key)) for cell in plan.done]
+    summary.skipped = [(cell, plan.records[cell.key]) for cell in plan.done]
     summary.ran = [(cell, share_result(twin, cell, store)) for cell, twin in plan.shared]
     todo, twins, left = plan.todo, plan.twins, plan.left
     executor = executor_for(len(todo)) if executor_for else InProcess()
