@@ -9,6 +9,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The smoke suite at the tiny synth size with two epochs of each training: a whole run in seconds.
+TINY_SMOKE = ["--suite", "smoke", "--set", "data.size=tiny", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
+              "--set", "run.threads=1"]
+
 
 def start_bench(*args, data_dir: Path, stdout=subprocess.PIPE) -> subprocess.Popen:
     """``bench.py *args --data-dir data_dir``, with stderr piped and Ctrl-C's default action.

@@ -9,14 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import start_bench
+from processes import TINY_SMOKE, start_bench
 
 from ctal_bench import cli, declarations
 
 pytestmark = pytest.mark.integration  # worker pools, signals and Ray
 
-TINY = ["--suite", "smoke", "--set", "data.size=tiny", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
-        "--set", "run.threads=1"]
+TINY = TINY_SMOKE
 
 
 @pytest.fixture(scope="module")

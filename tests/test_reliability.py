@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import soundfile
 import torch
+from processes import TINY_SMOKE
 
 from ctal_bench import cli, files
 from ctal_bench.data.features import audio_problem
@@ -25,8 +26,7 @@ from ctal_bench.results import CellKey, ResultsStore
 
 pytestmark = pytest.mark.integration
 
-TINY = ["--suite", "smoke", "--set", "data.size=tiny", "--set", "pretrain.epochs=2", "--set", "finetune.epochs=2",
-        "--set", "run.threads=1", "--jobs", "1"]
+TINY = [*TINY_SMOKE, "--jobs", "1"]
 SUITE_RUNS = Path("runs") / "smoke"
 
 
